@@ -1,0 +1,1 @@
+"""Running the app on one machine: Klaviyo emulator, Azurite, local durable host, command line."""

@@ -1,0 +1,163 @@
+"""Streaming CSV reading with record boundaries.
+
+A partition is read in blocks that end on a record boundary (a newline outside quotes), so that a block
+can be parsed on its own by the csv module and a byte range recorded while planning can later be read and
+parsed alone by a push activity. With RFC 4180 quoting a newline ends a record exactly when the number of
+quote characters before it (since the previous boundary) is even: doubled quotes inside a field add two.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shared.errors import SourceError
+from shared.source import CsvFormat, Partition
+from shared.storage import ObjectStore
+
+BLOCK_BYTES = 256 * 1024
+MAX_RECORD_BYTES = 1024 * 1024  # a profile over 100 KB is rejected anyway; past 1 MB the file is broken
+BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True)
+class Block:
+    start: int  # byte offset of the block's first record in the partition
+    end: int  # byte offset just past its last record
+    first_row: int  # 1-based record number of the first record (the header, if any, is record 1)
+    rows: list[list[str]]
+    bad_utf8: bool  # some row holds bytes that are not valid in the encoding (marked by surrogates)
+
+
+def row_has_bad_bytes(row: list[str]) -> bool:
+    return any(_SURROGATE.search(field) for field in row)
+
+
+def _cut(buf: bytes | bytearray, quoting: bool, limit: int | None = None) -> int:
+    """Index just past the last complete record in buf[:limit] (buf starts on a boundary); 0 if none."""
+    pos = buf.rfind(b"\n", 0, len(buf) if limit is None else limit)
+    if not quoting:
+        return pos + 1
+    while pos >= 0:
+        if buf.count(b'"', 0, pos) % 2 == 0:
+            return pos + 1
+        pos = buf.rfind(b"\n", 0, pos)
+    return 0
+
+
+def _first_cut(buf: bytes | bytearray, quoting: bool) -> int:
+    """Index just past the first complete record in buf; 0 if none."""
+    pos = buf.find(b"\n")
+    while pos >= 0:
+        if not quoting or buf.count(b'"', 0, pos) % 2 == 0:
+            return pos + 1
+        pos = buf.find(b"\n", pos + 1)
+    return 0
+
+
+def _parse(data: bytes, fmt: CsvFormat) -> tuple[list[list[str]], bool]:
+    try:
+        text = data.decode(fmt.encoding)
+        bad = False
+    except UnicodeDecodeError:
+        text = data.decode(fmt.encoding, errors="surrogateescape")
+        bad = True
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=fmt.delimiter,
+        quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE,
+        strict=False,
+    )
+    try:
+        return list(reader), bad
+    except csv.Error as exc:
+        raise SourceError(f"CSV cannot be parsed: {exc}") from None
+
+
+def iter_blocks(
+    store: ObjectStore,
+    part: Partition,
+    start: int = 0,
+    end: int | None = None,
+    first_row: int = 1,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[Block]:
+    """Blocks of whole records from byte `start` (a record boundary) up to `end` (one too, or EOF).
+
+    Blank lines yield an empty row (csv does the same), so record numbers stay the lines a person sees
+    in the file for single-line records.
+    """
+    fmt = part.fmt
+    buf = bytearray()
+    offset = start  # file offset of buf[0]
+    row_no = first_row
+    chunks = store.iter_bytes(part.name, start, end)
+    strip_bom = start == 0
+    eof = False
+    while not eof:
+        data = next(chunks, None)
+        if data is None:
+            eof = True
+        else:
+            buf += data
+        if strip_bom and (len(buf) >= 3 or eof):
+            strip_bom = False
+            if buf.startswith(BOM):
+                del buf[:3]
+                offset += 3
+        while buf and (len(buf) >= block_bytes or eof):
+            cut = _cut(buf, fmt.quoting, block_bytes) or _cut(buf, fmt.quoting)
+            if cut == 0:
+                if eof:
+                    cut = len(buf)  # the last record, with no newline after it
+                elif len(buf) > MAX_RECORD_BYTES:
+                    raise SourceError(
+                        f"{part.label}: a record starting at byte {offset} is longer than "
+                        f"{MAX_RECORD_BYTES // 1024} KB (an unbalanced quote, or the wrong delimiter?)"
+                    )
+                else:
+                    break
+            piece = bytes(buf[:cut])
+            del buf[:cut]
+            rows, bad = _parse(piece, fmt)
+            yield Block(offset, offset + cut, row_no, rows, bad)
+            offset += cut
+            row_no += len(rows)
+
+
+def read_header(store: ObjectStore, name: str, fmt: CsvFormat) -> list[str]:
+    """The first record of a CSV with a header row (BOM stripped); clear errors for empty/odd files."""
+    info = store.info(name)
+    if info.size == 0:
+        raise SourceError(f"CSV file is empty: {store.describe(name)}")
+    part = Partition(name, info.size, info.etag, fmt)
+    for block in iter_blocks(store, part, block_bytes=64 * 1024):
+        for row in block.rows:
+            if not row:
+                continue
+            header = [c.strip() for c in row]
+            if row_has_bad_bytes(header):
+                raise SourceError(f"CSV header is not valid {fmt.encoding}: {store.describe(name)}")
+            if any(not c for c in header) or len(set(header)) != len(header):
+                raise SourceError(f"CSV header has empty or repeated column names: {store.describe(name)}")
+            return header
+        break
+    raise SourceError(f"CSV file has no header row: {store.describe(name)}")
+
+
+def header_end(store: ObjectStore, part: Partition) -> int:
+    """Byte offset just past the header record (after a BOM, if any)."""
+    buf = bytearray()
+    for data in store.iter_bytes(part.name):
+        buf += data
+        skip = 3 if buf.startswith(BOM) else 0
+        cut = _first_cut(memoryview(buf)[skip:].tobytes(), part.fmt.quoting)
+        if cut:
+            return skip + cut
+        if len(buf) > MAX_RECORD_BYTES:
+            raise SourceError(f"{part.label}: the header record is longer than {MAX_RECORD_BYTES // 1024} KB")
+    return len(buf)

@@ -1,0 +1,200 @@
+"""One small interface over where exports, workspaces and reports live: a local folder or a blob container.
+
+Reads stream (or use byte ranges), so a partition is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from shared.errors import SourceError
+
+READ_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    """Names are '/'-separated paths relative to the store's root (a folder or a container)."""
+
+    def describe(self, name: str = "") -> str: ...
+    def info(self, name: str) -> ObjectInfo: ...
+    def exists(self, name: str) -> bool: ...
+    def read_bytes(self, name: str) -> bytes: ...
+    def iter_bytes(self, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+    def write_bytes(self, name: str, data: bytes) -> None: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, name: str) -> None: ...
+
+
+class LocalStore:
+    """A folder on disk. Writes are atomic (temp file + rename) so a killed run never leaves half a file."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if self.root.resolve() not in (path, *path.parents):
+            raise ValueError(f"name escapes the store: {name!r}")
+        return path
+
+    def describe(self, name: str = "") -> str:
+        return str(self.root / name) if name else str(self.root)
+
+    def info(self, name: str) -> ObjectInfo:
+        try:
+            st = self._path(name).stat()
+        except FileNotFoundError:
+            raise SourceError(f"not found: {self.describe(name)}") from None
+        return ObjectInfo(name=name, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def read_bytes(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise SourceError(f"not found: {self.describe(name)}") from None
+
+    def iter_bytes(self, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        try:
+            f = self._path(name).open("rb")
+        except FileNotFoundError:
+            raise SourceError(f"not found: {self.describe(name)}") from None
+        with f:
+            f.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                block = f.read(READ_CHUNK if remaining is None else min(READ_CHUNK, remaining))
+                if not block:
+                    return
+                if remaining is not None:
+                    remaining -= len(block)
+                yield block
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        names = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(n for n in names if n.startswith(prefix) and not Path(n).name.startswith("."))
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+
+class BlobStore:
+    """A blob container (azure-storage-blob); connection string or account URL + DefaultAzureCredential."""
+
+    def __init__(self, container_client):
+        self.container = container_client
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, container: str) -> BlobStore:
+        from azure.storage.blob import ContainerClient
+
+        return cls(ContainerClient.from_connection_string(conn_str, container))
+
+    @classmethod
+    def from_account_url(cls, account_url: str, container: str, credential=None) -> BlobStore:
+        from azure.storage.blob import ContainerClient
+
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        return cls(ContainerClient(account_url, container, credential=credential))
+
+    def __repr__(self) -> str:
+        return f"BlobStore({self.container.url!r})"
+
+    def ensure_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):
+            self.container.create_container()
+
+    def describe(self, name: str = "") -> str:
+        return f"{self.container.url}/{name}" if name else self.container.url
+
+    def info(self, name: str) -> ObjectInfo:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            raise SourceError(f"not found: {self.describe(name)}") from None
+        return ObjectInfo(name=name, size=props.size, etag=props.etag.strip('"'))
+
+    def exists(self, name: str) -> bool:
+        return self.container.get_blob_client(name).exists()
+
+    def read_bytes(self, name: str) -> bytes:
+        return b"".join(self.iter_bytes(name))
+
+    def iter_bytes(self, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        length = None if end is None else end - start
+        if length == 0:
+            return
+        try:
+            downloader = self.container.get_blob_client(name).download_blob(
+                offset=start, length=length, max_concurrency=1
+            )
+        except ResourceNotFoundError:
+            raise SourceError(f"not found: {self.describe(name)}") from None
+        yield from downloader.chunks()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.container.get_blob_client(name).upload_blob(data, overwrite=True)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix or None))
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):
+            self.container.delete_blob(name)
+
+
+def split_blob_url(url: str) -> tuple[str, str, str]:
+    """'https://acct.blob.core.windows.net/container/a/b.csv' -> (account URL, container, 'a/b.csv').
+
+    Azurite-style URLs (http://127.0.0.1:10000/devstoreaccount1/container/...) keep the account in the path.
+    """
+    parsed = urlparse(url)
+    parts = unquote(parsed.path).lstrip("/").split("/")
+    if parsed.hostname and (parsed.hostname in ("127.0.0.1", "localhost") or parsed.port):
+        account, parts = parts[0], parts[1:]
+        account_url = f"{parsed.scheme}://{parsed.netloc}/{account}"
+    else:
+        account_url = f"{parsed.scheme}://{parsed.netloc}"
+    if not parts or not parts[0]:
+        raise SourceError(f"blob URL names no container: {url}")
+    return account_url, parts[0], "/".join(parts[1:])
