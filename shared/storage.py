@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
 from shared.errors import SourceError
@@ -35,6 +36,7 @@ class ObjectStore(Protocol):
     def read_bytes(self, name: str) -> bytes: ...
     def iter_bytes(self, name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def write_bytes(self, name: str, data: bytes) -> None: ...
+    def write_file(self, name: str, fileobj: BinaryIO) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, name: str) -> None: ...
 
@@ -95,6 +97,16 @@ class LocalStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary files the user reads
+        os.replace(tmp, path)
+
+    def write_file(self, name: str, fileobj: BinaryIO) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(fileobj, f, READ_CHUNK)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
     def list(self, prefix: str = "") -> list[str]:
@@ -172,6 +184,10 @@ class BlobStore:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.container.get_blob_client(name).upload_blob(data, overwrite=True)
+
+    def write_file(self, name: str, fileobj: BinaryIO) -> None:
+        """Streams the upload in blocks: a large file is never held in memory whole."""
+        self.container.get_blob_client(name).upload_blob(fileobj, overwrite=True, max_concurrency=2)
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix or None))

@@ -1,0 +1,324 @@
+"""The plan pass: one streaming read of the export that validates every row, drops repeats of an email (the
+later row wins), fingerprints each profile, diffs against the last committed sync state, and splits what
+must be sent into units of work that push activities can do on their own.
+
+Bulk results go to the run's workspace (an ObjectStore prefix); the function returns a small summary that
+fits in durable history:
+- plan.json   partitions, columns, chunks (partition, byte range, first record number, first row id)
+- send.bits   one bit per row id: send this row (numpy packbits)
+- keys.npy    email key, content fingerprint of every unique valid profile (for committing sync state)
+- rejects.ndjson  every rejected or duplicate row with its partition, row number and reason
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import xxhash
+
+from shared.csvscan import gc_paused, header_end, iter_blocks, row_has_bad_bytes
+from shared.errors import ExportError
+from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
+from shared.source import ExportSource, Partition
+from shared.storage import ObjectStore
+
+REJECTS_SAMPLE = 20
+PROFILE_SIZE_CHECK = MAX_PROFILE_BYTES // 2  # rows whose fields add up to less cannot make a 100 KB profile
+
+
+REC_DTYPE = np.dtype([("e", "<u8"), ("c", "<u8"), ("g", "<u8")])
+KEYS_DTYPE = np.dtype([("e", "<u8"), ("c", "<u8")])  # email key, content fingerprint; sorted by email key
+
+
+@dataclass
+class SyncState:
+    """What Klaviyo confirmed in earlier runs (KEYS_DTYPE records sorted by email key), and the mapping it
+    was made under: a changed mapping resends everyone."""
+
+    keys: np.ndarray
+    mapping_key: str
+
+    @classmethod
+    def empty(cls, mapping_key: str = "") -> SyncState:
+        return cls(np.empty(0, KEYS_DTYPE), mapping_key)
+
+
+@dataclass
+class PlanOptions:
+    chunk_rows: int = 10_000
+    unit_profiles: int = 10_000  # profiles per push unit: one bulk import job's worth
+    max_profiles: int | None = None
+    full_resync: bool = False
+    state: SyncState | None = None
+
+
+def _locator(part: Partition, row: int) -> dict:
+    return {"partition": part.label, "row": row}
+
+
+class _Rejects:
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.sample: list[dict] = []
+        self.rejected = 0
+
+    def add(self, part: Partition, row: int, reason: str, kind: str = "rejected") -> None:
+        item = {**_locator(part, row), "reason": reason, "kind": kind}
+        self.lines.append(orjson.dumps(item))
+        if kind == "rejected":
+            self.rejected += 1
+            if len(self.sample) < REJECTS_SAMPLE:
+                self.sample.append(item)
+
+
+def plan_export(
+    source: ExportSource,
+    mapper: ProfileMapper,
+    workspace: ObjectStore,
+    prefix: str,
+    options: PlanOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    with gc_paused():
+        return _plan(source, mapper, workspace, prefix, options or PlanOptions(), progress)
+
+
+def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dict:
+    started = time.monotonic()
+    rejects = _Rejects()
+    total_bytes = sum(p.size for p in source.partitions)
+    done_bytes = 0
+    width, email_index, content = mapper.width, mapper.email_index, mapper.content
+    xxh = xxhash.xxh3_64_intdigest
+
+    chunks: list[list[int]] = []  # [partition index, start, end, first record number, first row id, records]
+    spill = _Spill(total_bytes)
+    next_gid = 0
+    rows_read = 0
+
+    for pidx, part in enumerate(source.partitions):
+        start, first_row = 0, 1
+        if part.fmt.header:
+            start, first_row = header_end(source.store, part), 2
+        chunk: list[int] | None = None
+        for block in iter_blocks(source.store, part, start=start, first_row=first_row):
+            if chunk is None:
+                chunk = [pidx, block.start, block.end, block.first_row, next_gid, 0]
+                chunks.append(chunk)
+            base, row_no = next_gid, block.first_row
+            check_size = block.longest_record > PROFILE_SIZE_CHECK
+            rows = block.rows
+            emails = None
+            if not block.bad_utf8 and not check_size and set(map(len, rows)) == {width}:
+                emails = clean_emails([r[email_index] for r in rows])
+            if emails is not None:  # fast path: every row of the block is well-formed with a valid email
+                rows_read += len(rows)
+                gids = range(base, base + len(rows))
+                ekeys = [xxh(e) for e in emails]
+                ckeys = [xxh(e + "\x1f" + "\x1f".join(content(r))) for e, r in zip(emails, rows, strict=True)]
+            else:
+                gids, ekeys, ckeys = [], [], []
+                for offset, row in enumerate(rows):
+                    if len(row) != width:
+                        if row:  # a blank line is not a row
+                            rows_read += 1
+                            rejects.add(part, row_no + offset, f"expected {width} fields, found {len(row)}")
+                        continue
+                    rows_read += 1
+                    email = row[email_index].strip().lower()
+                    if not email_ok(email) or block.bad_utf8 or check_size:
+                        problem = _row_problem(row, email, block.bad_utf8, check_size, part, mapper)
+                        if problem:
+                            rejects.add(part, row_no + offset, problem)
+                            continue
+                    gids.append(base + offset)
+                    ekeys.append(xxh(email))
+                    ckeys.append(xxh(email + "\x1f" + "\x1f".join(content(row))))
+            next_gid += len(block.rows)
+            chunk[2] = block.end
+            chunk[5] += len(block.rows)
+            if ekeys:
+                spill.add(gids, ekeys, ckeys)
+            if chunk[5] >= opts.chunk_rows:
+                chunk = None
+            if progress:
+                progress(done_bytes + block.end, total_bytes)
+        done_bytes += part.size
+        if progress:
+            progress(done_bytes, total_bytes)
+
+    # Per bucket of email keys (all rows of one email share a bucket): the later row wins, then the diff
+    # against the last committed state. Buckets keep memory bounded whatever the row count, and their
+    # sorted outputs concatenate into globally sorted keys.
+    bits = np.zeros(next_gid, bool)
+    state = opts.state
+    use_state = not opts.full_resync and state is not None and state.mapping_key == mapper.mapping_key
+    unique = duplicates = to_send = 0
+    keys_file = spill.temporary_file()
+    starts = np.array([c[4] for c in chunks], np.uint64)
+    for lo, hi, rec in spill.buckets():
+        n = len(rec)
+        _, first_in_reversed = np.unique(rec["e"][::-1], return_index=True)
+        keep = np.sort(n - 1 - first_in_reversed)
+        if len(keep) != n:
+            dup = np.ones(n, bool)
+            dup[keep] = False
+            _record_duplicates(rec["g"][dup], starts, chunks, source.partitions, rejects)
+            duplicates += n - len(keep)
+        kept = np.sort(rec[keep], order="e")
+        unique += len(kept)
+        send = np.ones(len(kept), bool)
+        if use_state and len(state.keys):
+            old = state.keys[np.searchsorted(state.keys["e"], lo) : np.searchsorted(state.keys["e"], hi, side="right")]
+            if len(old):
+                pos = np.minimum(np.searchsorted(old["e"], kept["e"]), len(old) - 1)
+                send = (old["e"][pos] != kept["e"]) | (old["c"][pos] != kept["c"])
+        bits[kept["g"][send].astype(np.int64)] = True
+        to_send += int(send.sum())
+        keys_file.write(np.ascontiguousarray(kept[["e", "c"]]).astype(KEYS_DTYPE).tobytes())
+
+    if opts.max_profiles is not None and unique > opts.max_profiles:
+        raise ExportError(
+            f"the segment has {unique:,} profiles, over this export's max_profiles of {opts.max_profiles:,}; "
+            "nothing was sent"
+        )
+    units = _units(bits, starts, opts.unit_profiles)
+    _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, rejects)
+    spill.close()
+
+    return {
+        "source": source.identity,
+        "entity": source.entity,
+        "rows_read": rows_read,
+        "rows_rejected": rejects.rejected,
+        "duplicate_rows": duplicates,
+        "unique_profiles": unique,
+        "profiles_to_send": to_send,
+        "profiles_unchanged": unique - to_send,
+        "chunks": len(chunks),
+        "units": units,
+        "rejects_sample": rejects.sample,
+        "rejects_file": f"{prefix}rejects.ndjson",
+        "mapping_key": mapper.mapping_key,
+        "plan_s": round(time.monotonic() - started, 3),
+    }
+
+
+def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:
+    """The slow path of row checks, taken only when the fast check failed or a block needs a closer look."""
+    problem = email_problem(email)
+    if problem is None and bad_utf8 and row_has_bad_bytes(row):
+        problem = f"bytes that are not valid {part.fmt.encoding}"
+    if problem is None and check_size and sum(map(len, row)) > PROFILE_SIZE_CHECK:
+        size = len(mapper.profile_json(row, email)[0])
+        if size > MAX_PROFILE_BYTES:
+            problem = f"profile is {size // 1024} KB, over Klaviyo's 100 KB limit"
+    return problem
+
+
+def _record_duplicates(dup_gids: np.ndarray, starts: np.ndarray, chunks, parts, rejects: _Rejects) -> None:
+    """Duplicates are listed in the rejects file too (kind "duplicate"), so no row disappears unexplained.
+    A row number is the record's 1-based position in its partition file (a header row is record 1)."""
+    dup_gids = np.sort(dup_gids)
+    chunk_of = np.searchsorted(starts, dup_gids, side="right") - 1
+    for gid, ci in zip(dup_gids.tolist(), chunk_of.tolist(), strict=True):
+        c = chunks[ci]
+        rejects.add(parts[c[0]], c[3] + (gid - c[4]), "duplicate email: a later row wins", kind="duplicate")
+
+
+def _units(bits: np.ndarray, starts: np.ndarray, unit_profiles: int) -> list[list[int]]:
+    """Split the rows to send into units of `unit_profiles` (one bulk import job each):
+    [first chunk, rows to send in it to skip, rows to send to take]."""
+    if len(starts) == 0:
+        return []
+    per_chunk = np.add.reduceat(bits, starts.astype(np.int64)) if len(bits) else np.zeros(len(starts), np.int64)
+    before = np.concatenate([[0], np.cumsum(per_chunk)])  # rows to send before each chunk
+    total = int(before[-1])
+    units = []
+    for begin in range(0, total, unit_profiles):
+        ci = int(np.searchsorted(before, begin, side="right") - 1)
+        units.append([ci, begin - int(before[ci]), min(unit_profiles, total - begin)])
+    return units
+
+
+class _Spill:
+    """Valid rows' (email key, fingerprint, row id), spread over temporary files by the top bits of the email
+    key: about 32 MB of source per bucket, so one bucket at a time fits in memory whatever the export's size."""
+
+    BUCKET_SOURCE_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, total_bytes: int):
+        buckets = max(1, -(-total_bytes // self.BUCKET_SOURCE_BYTES))
+        self.bits = max(0, int(np.ceil(np.log2(buckets))))
+        self._stack = ExitStack()
+        count = 1 << self.bits if self.bits else 0
+        self.files = [self.temporary_file() for _ in range(count)]
+        self.memory: list[np.ndarray] = []
+
+    def temporary_file(self):
+        return self._stack.enter_context(tempfile.TemporaryFile())
+
+    def add(self, gids, ekeys: list[int], ckeys: list[int]) -> None:
+        rec = np.empty(len(ekeys), REC_DTYPE)
+        rec["e"], rec["c"], rec["g"] = ekeys, ckeys, gids
+        if not self.bits:
+            self.memory.append(rec)
+            return
+        bucket = rec["e"] >> np.uint64(64 - self.bits)
+        order = np.argsort(bucket, kind="stable")
+        rec, bucket = rec[order], bucket[order]
+        bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64))
+        for b, f in enumerate(self.files):
+            if bounds[b] < bounds[b + 1]:
+                f.write(rec[bounds[b] : bounds[b + 1]].tobytes())
+
+    def buckets(self):
+        """(lowest key, highest key, records in row order) per bucket."""
+        if not self.bits:
+            rec = np.concatenate(self.memory) if self.memory else np.empty(0, REC_DTYPE)
+            self.memory = []
+            yield np.uint64(0), np.uint64(2**64 - 1), rec
+            return
+        width = 1 << (64 - self.bits)
+        for b, f in enumerate(self.files):
+            f.seek(0)
+            rec = np.frombuffer(f.read(), REC_DTYPE)
+            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, rejects) -> None:
+    plan = {
+        "kind": source.kind,
+        "entity": source.entity,
+        "columns": source.columns,
+        "email_field": mapper.email_field,
+        "field_mappings": mapper.field_mappings,
+        "partitions": [
+            {
+                "name": p.name,
+                "size": p.size,
+                "etag": p.etag,
+                "header": p.fmt.header,
+                "delimiter": p.fmt.delimiter,
+                "quoting": p.fmt.quoting,
+                "encoding": p.fmt.encoding,
+            }
+            for p in source.partitions
+        ],
+        "chunks": chunks,
+        "rows": len(bits),
+    }
+    workspace.write_bytes(f"{prefix}plan.json", orjson.dumps(plan))
+    workspace.write_bytes(f"{prefix}send.bits", np.packbits(bits).tobytes())
+    keys_file.seek(0)
+    workspace.write_file(f"{prefix}keys.bin", keys_file)
+    workspace.write_bytes(f"{prefix}rejects.ndjson", b"\n".join(rejects.lines) + (b"\n" if rejects.lines else b""))

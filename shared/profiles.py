@@ -1,0 +1,174 @@
+"""Turning a source row into a Klaviyo profile: email checks, phone normalisation, field mapping.
+
+Planning and pushing use the same mapper, so what was planned is exactly what is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import orjson
+import xxhash
+
+from shared.errors import ConfigError
+
+MAX_PROFILE_BYTES = 100 * 1024
+
+PROFILE_FIELDS = {"first_name", "last_name", "phone_number", "external_id", "organization", "title", "locale"}
+LOCATION_FIELDS = {
+    *("address1", "address2", "city", "country", "region", "zip", "timezone", "ip", "latitude", "longitude"),
+}
+
+_LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_EMAIL_BODY = rf"{_LOCAL}@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
+# Lengths ride in lookaheads so one fullmatch call is the whole check on the hot path.
+_EMAIL = re.compile(rf"(?=.{{3,254}}$)(?=[^@]{{1,64}}@){_EMAIL_BODY}")
+email_ok = _EMAIL.fullmatch
+# The same check over a block of lower-cased emails, one per line: findall returns them trimmed, and a block
+# is clean exactly when it returns one per line.
+_EMAIL_LINES = re.compile(rf"^[ \t]*((?=[^\n]{{3,254}}$)(?=[^@\n]{{1,64}}@){_EMAIL_BODY})[ \t]*$", re.M)
+
+
+def clean_emails(raw: list[str]) -> list[str] | None:
+    """Normalised emails when every one of them is valid (the fast path), else None."""
+    joined = "\n".join(raw)
+    if joined.count("\n") != len(raw) - 1:  # a line break inside a field would shift the lines
+        return None
+    found = _EMAIL_LINES.findall(joined.lower())
+    return found if len(found) == len(raw) else None
+
+
+_PHONE_JUNK = re.compile(r"[\s().\-/]")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def normalise_email(raw: str) -> str:
+    return raw.strip().lower()
+
+
+def email_problem(email: str) -> str | None:
+    """None when the (normalised) email is acceptable, else the reason. Syntax only, no DNS."""
+    if not email:
+        return "missing email"
+    if not email_ok(email):
+        return "invalid email address"
+    return None
+
+
+def normalise_phone(raw: str) -> str | None:
+    """E.164 or None. Spaces, dots, dashes and brackets go; a leading 00 becomes +."""
+    phone = _PHONE_JUNK.sub("", raw)
+    if phone.startswith("00"):
+        phone = "+" + phone[2:]
+    return phone if _E164.fullmatch(phone) else None
+
+
+def email_key(email: str) -> int:
+    """64-bit key of a normalised email: sync state and de-duplication work on these."""
+    return xxhash.xxh3_64_intdigest(email)
+
+
+def validate_target(target: str) -> str | None:
+    """None when `target` is a Klaviyo profile attribute we map to, else why not."""
+    head, _, tail = target.partition(".")
+    if head in PROFILE_FIELDS and not tail:
+        return None
+    if head == "location" and tail in LOCATION_FIELDS:
+        return None
+    if head == "properties" and tail:
+        return None
+    return (
+        f"unknown Klaviyo attribute {target!r} (use one of {', '.join(sorted(PROFILE_FIELDS))}, "
+        "location.<field>, properties.<name>)"
+    )
+
+
+@dataclass
+class ProfileMapper:
+    """Compiled from the export's columns, email field and mappings (source column -> Klaviyo attribute)."""
+
+    columns: list[str]
+    email_field: str
+    field_mappings: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        index = {name: i for i, name in enumerate(self.columns)}
+        if self.email_field not in index:
+            raise ConfigError(
+                f"email field {self.email_field!r} is not a column of the export (columns: {', '.join(self.columns)})"
+            )
+        missing = [src for src in self.field_mappings if src not in index]
+        if missing:
+            raise ConfigError(f"mapped field(s) not among the export's columns: {', '.join(missing)}")
+        for target in self.field_mappings.values():
+            problem = validate_target(target)
+            if problem:
+                raise ConfigError(problem)
+        self.width = len(self.columns)
+        self.email_index = index[self.email_field]
+        self.top: list[tuple[int, str]] = []
+        self.location: list[tuple[int, str]] = []
+        self.properties: list[tuple[int, str]] = []
+        self.phone_index: int | None = None
+        for src, target in self.field_mappings.items():
+            head, _, tail = target.partition(".")
+            if target == "phone_number":
+                self.phone_index = index[src]
+            elif head == "location":
+                self.location.append((index[src], tail))
+            elif head == "properties":
+                self.properties.append((index[src], tail))
+            else:
+                self.top.append((index[src], head))
+        content = sorted({index[src] for src in self.field_mappings})
+        if not content:
+            self._content = lambda row: ()
+        elif len(content) == 1:
+            only = content[0]
+            self._content = lambda row: (row[only],)
+        else:
+            self._content = itemgetter(*content)
+        # Sync state records the mapping it was made under: a changed mapping resends everyone.
+        mapping = [self.email_field, sorted(self.field_mappings.items())]
+        self.mapping_key = xxhash.xxh3_64_hexdigest(orjson.dumps(mapping))
+
+    def content(self, row: list[str]) -> tuple[str, ...]:
+        """The mapped fields of a row (what the fingerprint covers besides the email)."""
+        return self._content(row)
+
+    def fingerprint(self, row: list[str], email: str) -> int:
+        return xxhash.xxh3_64_intdigest(email + "\x1f" + "\x1f".join(self.content(row)))
+
+    def attributes(self, row: list[str], email: str) -> tuple[dict, str | None]:
+        """Klaviyo profile attributes and a warning (e.g. a phone left out), if any."""
+        attrs: dict = {"email": email}
+        warning = None
+        for i, key in self.top:
+            value = row[i].strip()
+            if value:
+                attrs[key] = value
+        if self.phone_index is not None:
+            raw = row[self.phone_index].strip()
+            if raw:
+                phone = normalise_phone(raw)
+                if phone:
+                    attrs["phone_number"] = phone
+                else:
+                    warning = "phone number is not E.164; left out of the profile"
+        if self.location:
+            loc = {key: row[i].strip() for i, key in self.location if row[i].strip()}
+            if loc:
+                attrs["location"] = loc
+        if self.properties:
+            props = {key: row[i] for i, key in self.properties if row[i] != ""}
+            if props:
+                attrs["properties"] = props
+        return attrs, warning
+
+    def profile_json(self, row: list[str], email: str) -> tuple[bytes, str | None]:
+        """The JSON:API profile resource, serialised (what a bulk import body is assembled from)."""
+        attrs, warning = self.attributes(row, email)
+        return orjson.dumps({"type": "profile", "attributes": attrs}), warning

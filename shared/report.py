@@ -1,0 +1,52 @@
+"""The run report: what a run did, as a user reads it (JSON blob `runs/<export>/<run id>.json`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RunStatus = Literal["running", "succeeded", "partially_succeeded", "failed"]
+
+
+class JobSummary(BaseModel):
+    id: str
+    status: str = "queued"
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class RunReport(BaseModel):
+    export: str
+    run_id: str
+    status: RunStatus
+    dry_run: bool = False
+    mode: str = "upsert"
+    list_id: str | None = None
+    source: str | None = None
+    entity: str | None = None
+    rows_read: int = 0
+    rows_rejected: int = 0
+    duplicate_rows: int = 0
+    profiles_submitted: int = 0
+    profiles_unchanged: int = 0
+    profiles_imported: int = 0
+    profiles_failed: int = 0
+    profiles_removed: int = 0
+    profiles_subscribed: int = 0
+    warnings: int = 0
+    jobs: list[JobSummary] = Field(default_factory=list)
+    rejects_sample: list[dict] = Field(default_factory=list)
+    failures_sample: list[dict] = Field(default_factory=list)
+    rejects_file: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+    def check_counts(self) -> bool:
+        """rows_read = rows_rejected + duplicate_rows + unique profiles (sent or unchanged)."""
+        unique = self.profiles_submitted + self.profiles_unchanged
+        return self.rows_read == self.rows_rejected + self.duplicate_rows + unique
