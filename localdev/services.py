@@ -73,11 +73,10 @@ def run_azurite(location: Path | None = None, in_memory: bool = True) -> Iterato
             "--blobHost", "127.0.0.1", "--blobPort", str(ports.blob_port),
             "--queueHost", "127.0.0.1", "--queuePort", str(ports.queue_port),
             "--tableHost", "127.0.0.1", "--tablePort", str(ports.table_port),
-            "--location", str(location or tmp),
             "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent",
         ]  # fmt: skip
-        if in_memory:
-            args.append("--inMemoryPersistence")
+        # Azurite refuses --location together with --inMemoryPersistence.
+        args += ["--inMemoryPersistence"] if in_memory else ["--location", str(location or tmp)]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             for port in (ports.blob_port, ports.queue_port, ports.table_port):

@@ -26,7 +26,6 @@ Providers:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -211,12 +210,6 @@ class KeyVaultSecrets:
         log.info("secret '%s' written to Key Vault %s", name, self.vault_url)
 
     def _error(self, name: str, action: str, exc: AzureError) -> SecretError:
-        # Hand the connection back now: the SDK's exception sits in a reference cycle (via its traceback)
-        # that would otherwise keep the response, and its socket, until the next garbage collection.
-        response = getattr(exc, "response", None)
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.close()
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,

@@ -91,7 +91,9 @@ def map_location(location: str, anchor: list[str]) -> str:
     raise SourceError(f"cannot map partition location onto the export's folder: {location}")
 
 
-def load_cdm(store: ObjectStore, model_name: str, anchor: list[str], entity: str | None) -> ExportSource:
+def load_cdm(store: ObjectStore, model_name: str, root_parts: list[str], entity: str | None) -> ExportSource:
+    """`root_parts`: where the store's root sits (the container name for blobs, the folder's absolute path
+    for a local copy), so partition URLs written for another account can be mapped onto it."""
     info = store.info(model_name)
     raw = store.read_bytes(model_name)
     try:
@@ -115,6 +117,7 @@ def load_cdm(store: ObjectStore, model_name: str, anchor: list[str], entity: str
     if not columns or not all(isinstance(c, str) and c for c in columns):
         raise SourceError(f"entity {chosen.get('name')!r} in model.json lists no usable attributes")
     model_dir = posixpath.dirname(model_name)
+    anchor = [*root_parts, *(model_dir.split("/") if model_dir else [])]
     partitions = []
     for p in chosen.get("partitions") or []:
         location = p.get("location") if isinstance(p, dict) else None
@@ -158,11 +161,11 @@ def load_csv(store: ObjectStore, name: str, delimiter: str = ",", encoding: str 
 
 
 def open_source(
-    store: ObjectStore, name: str, anchor: list[str], entity: str | None = None, delimiter: str = ","
+    store: ObjectStore, name: str, root_parts: list[str], entity: str | None = None, delimiter: str = ","
 ) -> ExportSource:
     """`name` is a model.json or a .csv inside `store`."""
     if posixpath.basename(name).lower() == "model.json":
-        return load_cdm(store, name, anchor, entity)
+        return load_cdm(store, name, root_parts, entity)
     if name.lower().endswith(".csv"):
         return load_csv(store, name, delimiter=delimiter)
     raise SourceError(f"not a model.json or a .csv file: {store.describe(name)}")
@@ -185,7 +188,7 @@ def resolve_source_arg(
             store = BlobStore.from_account_url(account_url, container, credential=blob_credential)
         if not path.lower().endswith((".json", ".csv")):
             path = posixpath.join(path, "model.json")
-        return open_source(store, path, [container, *posixpath.dirname(path).split("/")], entity, delimiter)
+        return open_source(store, path, [container], entity, delimiter)
     path = Path(source).expanduser().resolve()
     if path.is_dir():
         path = path / "model.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ MEMBERS_BATCH = 1_000  # profile ids per list add/remove
 SUBSCRIBE_BATCH = 1_000  # profiles per subscription bulk-create job
 
 _WRITE_HEADERS = {"content-type": JSONAPI}
+_ITEM_POINTER = re.compile(r"^/data/\d+(?:/|$)")  # an item of a relationship body: a profile id
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -361,6 +363,10 @@ class KlaviyoClient:
 
     @staticmethod
     def _list_missing(exc: KlaviyoNotFound, list_id: str) -> KlaviyoNotFound:
+        """A 404 on a list-scoped call, reworded to name the list, unless Klaviyo's pointers say the
+        missing thing is a profile of the body (``/data/<i>/id``): then the original error stands."""
+        if any(_ITEM_POINTER.match(p) for p in exc.pointers):
+            return exc
         return KlaviyoNotFound(
             exc.status,
             exc.code,
@@ -434,6 +440,10 @@ class KlaviyoClient:
         while len(current):
             try:
                 resp = await self._send(_IMPORT, "POST", "/api/profile-bulk-import-jobs", body=current.body(list_id))
+            except KlaviyoNotFound as exc:
+                if list_id is None:
+                    raise
+                raise self._list_missing(exc, list_id) from None
             except KlaviyoBadRequest as exc:
                 named, about_request = self._split_profile_errors(exc, len(current))
                 if about_request or not named or exc.status != 400:
