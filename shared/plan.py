@@ -218,7 +218,7 @@ def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:
     if problem is None and check_size and sum(map(len, row)) > PROFILE_SIZE_CHECK:
         size = len(mapper.profile_json(row, email)[0])
         if size > MAX_PROFILE_BYTES:
-            problem = f"profile is {size // 1024} KB, over Klaviyo's 100 KB limit"
+            problem = f"profile is {size // 1000} KB, over Klaviyo's 100 KB limit"
     return problem
 
 

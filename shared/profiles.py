@@ -13,8 +13,9 @@ import orjson
 import xxhash
 
 from shared.errors import ConfigError
+from shared.klaviyo.batching import FlushPolicy
 
-MAX_PROFILE_BYTES = 100 * 1024
+MAX_PROFILE_BYTES = FlushPolicy().max_profile_bytes  # Klaviyo's 100 KB, as the client counts it
 
 PROFILE_FIELDS = {"first_name", "last_name", "phone_number", "external_id", "organization", "title", "locale"}
 LOCATION_FIELDS = {

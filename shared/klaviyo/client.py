@@ -317,7 +317,13 @@ class KlaviyoClient:
     def _json(resp: httpx.Response) -> dict[str, Any]:
         if not resp.content:
             return {}
-        doc = orjson.loads(resp.content)
+        try:
+            doc = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            path = resp.request.url.path if resp.request else None
+            raise KlaviyoError(
+                resp.status_code, "invalid_response", "the answer is not JSON", method=resp.request.method, path=path
+            ) from None
         return doc if isinstance(doc, dict) else {}
 
     async def _pages(self, ep: _Endpoint, url: str, params: dict[str, Any] | None) -> AsyncIterator[dict[str, Any]]:

@@ -1,0 +1,29 @@
+"""Activity bindings: each a thin call into shared.pipeline."""
+
+from __future__ import annotations
+
+import azure.durable_functions as df
+
+from shared import pipeline
+
+bp = df.Blueprint()
+
+
+@bp.activity_trigger(input_name="run", activity="plan_export")
+def plan_export(run: dict) -> dict:
+    return pipeline.plan(run)
+
+
+@bp.activity_trigger(input_name="payload", activity="push_unit")
+def push_unit(payload: dict) -> dict:
+    return pipeline.push(payload["run"], payload["index"], payload["unit"])
+
+
+@bp.activity_trigger(input_name="payload", activity="check_jobs")
+def check_jobs(payload: dict) -> list[dict]:
+    return pipeline.check_jobs(payload["run"], payload["job_ids"])
+
+
+@bp.activity_trigger(input_name="payload", activity="finish_export")
+def finish_export(payload: dict) -> dict:
+    return pipeline.finish(payload["run"], payload["outcome"])

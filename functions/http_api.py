@@ -1,0 +1,91 @@
+"""HTTP bindings (function-level keys, never anonymous): thin adapters over shared.api."""
+
+from __future__ import annotations
+
+import azure.durable_functions as df
+import azure.functions as func
+import orjson
+
+from shared.api import Api, principal_name, principal_roles
+from shared.config import ConfigStore
+from shared.runtime import blob_store, open_store
+from shared.secrets import get_secret_provider
+from shared.settings import get_settings
+
+bp = df.Blueprint(http_auth_level=func.AuthLevel.FUNCTION)
+PRINCIPAL = "x-ms-client-principal"
+
+
+def _api() -> Api:
+    settings = get_settings()
+    configs = ConfigStore(open_store(blob_store("app", settings.config_container), settings))
+    return Api(settings, configs, get_secret_provider())
+
+
+def _reply(status: int, body) -> func.HttpResponse:
+    return func.HttpResponse(orjson.dumps(body), status_code=status, mimetype="application/json")
+
+
+async def _guarded(api: Api, fn) -> func.HttpResponse:
+    async def handler():
+        return await fn()
+
+    return _reply(*await api.call(handler))
+
+
+def _flag(req: func.HttpRequest, name: str) -> bool | None:
+    value = req.params.get(name)
+    return None if value is None else value.lower() in ("1", "true", "yes")
+
+
+@bp.route(route="exports", methods=["GET"])
+async def list_exports(req: func.HttpRequest) -> func.HttpResponse:
+    api = _api()
+    return await _guarded(api, api.list_exports)
+
+
+@bp.route(route="exports/{name}", methods=["GET", "PUT", "DELETE"])
+async def export_item(req: func.HttpRequest) -> func.HttpResponse:
+    api, name = _api(), req.route_params["name"]
+    if req.method == "GET":
+        return await _guarded(api, lambda: api.get_export(name))
+    if req.method == "DELETE":
+        return await _guarded(api, lambda: api.delete_export(name))
+    return await _guarded(
+        api, lambda: api.put_export(name, req.get_body(), principal_roles(req.headers.get(PRINCIPAL)))
+    )
+
+
+@bp.route(route="exports/{name}/runs", methods=["POST", "GET"])
+@bp.durable_client_input(client_name="client")
+async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    api, name = _api(), req.route_params["name"]
+    if req.method == "GET":
+        return await _guarded(api, lambda: api.list_runs(name))
+
+    async def start():
+        roles = principal_roles(req.headers.get(PRINCIPAL))
+        return await api.start_run(client, name, bool(_flag(req, "dry_run")), _flag(req, "full"), roles)
+
+    status, body = await api.call(start)
+    if status != 202:
+        return _reply(status, body)
+    return client.create_check_status_response(req, body["id"])
+
+
+@bp.route(route="runs/{instance_id}", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    api = _api()
+    return await _guarded(api, lambda: api.get_run(client, req.route_params["instance_id"]))
+
+
+@bp.route(route="connections/{name}", methods=["GET", "PUT"])
+async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
+    api, name = _api(), req.route_params["name"]
+    if req.method == "GET":
+        return await _guarded(api, lambda: api.get_connection(name))
+    header = req.headers.get(PRINCIPAL)
+    return await _guarded(
+        api, lambda: api.put_connection(name, req.get_body(), principal_roles(header), principal_name(header))
+    )

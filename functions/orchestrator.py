@@ -1,0 +1,91 @@
+"""The export orchestrator: plan, push in waves, wait for Klaviyo's jobs on durable timers, finish.
+
+Deterministic: no I/O, no clocks but context.current_utc_datetime; everything it passes is small.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import azure.durable_functions as df
+
+bp = df.Blueprint()
+
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=4)
+MAX_POLL_S = 60
+
+
+def _status(context, phase: str, progress: dict) -> None:
+    context.set_custom_status({"phase": phase, **progress})
+
+
+@bp.orchestration_trigger(context_name="context", orchestration="export_orchestrator")
+def export_orchestrator(context: df.DurableOrchestrationContext):
+    run = context.get_input()
+    progress = {
+        "rows_planned": 0,
+        "units_total": 0,
+        "units_done": 0,
+        "profiles_submitted": 0,
+        "profiles_imported": 0,
+        "profiles_failed": 0,
+        "jobs": 0,
+        "jobs_done": 0,
+    }
+    outcome: dict = {"plan": None, "pushes": [], "jobs": [], "error": None}
+    try:
+        _status(context, "planning", progress)
+        plan = yield context.call_activity_with_retry("plan_export", RETRY, run)
+        outcome["plan"] = plan
+        units = plan["units"]
+        progress.update(rows_planned=plan["rows_read"], units_total=len(units))
+
+        if not run.get("dry_run"):
+            width = max(1, int(run.get("wave_width", 8)))
+            job_ids: list[str] = []
+            for start in range(0, len(units), width):
+                _status(context, "pushing", progress)
+                wave = [
+                    context.call_activity_with_retry("push_unit", RETRY, {"run": run, "index": i, "unit": units[i]})
+                    for i in range(start, min(start + width, len(units)))
+                ]
+                results = yield context.task_all(wave)
+                for result in results:
+                    outcome["pushes"].append({k: result[k] for k in ("unit", "submitted", "rejected", "warnings")})
+                    job_ids += [job["id"] for job in result["jobs"]]
+                    progress["profiles_submitted"] += result["submitted"]
+                    progress["profiles_failed"] += result["rejected"]
+                progress.update(units_done=min(len(units), start + width), jobs=len(job_ids))
+
+            pending = list(job_ids)
+            states: dict[str, dict] = {}
+            delay = max(1, int(run.get("poll_interval_s", 5)))
+            while pending:
+                _status(context, "waiting_for_klaviyo", progress)
+                checked = yield context.call_activity_with_retry("check_jobs", RETRY, {"run": run, "job_ids": pending})
+                for job in checked:
+                    states[job["id"]] = job
+                pending = [j["id"] for j in checked if j["status"] not in ("complete", "cancelled")]
+                done = [s for s in states.values() if s["status"] in ("complete", "cancelled")]
+                progress.update(
+                    jobs_done=len(done),
+                    profiles_imported=sum(s["completed"] for s in states.values()),
+                )
+                if pending:
+                    yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
+                    delay = min(MAX_POLL_S, delay * 2)
+            outcome["jobs"] = [states[j] for j in job_ids if j in states]
+    except Exception as exc:  # an activity failed for good: the run fails, with the reason in its report
+        outcome["error"] = _one_line(exc)
+
+    _status(context, "finishing", progress)
+    report = yield context.call_activity_with_retry("finish_export", RETRY, {"run": run, "outcome": outcome})
+    _status(context, report["status"], {**progress, "profiles_failed": report["profiles_failed"]})
+    return report
+
+
+def _one_line(exc: Exception) -> str:
+    """Durable wraps an activity's failure as 'Activity function ... failed: <message>'; keep the message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    marker = "failed: "
+    return text.split(marker, 1)[1] if marker in text else text

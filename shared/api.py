@@ -1,0 +1,232 @@
+"""The HTTP API's logic, free of azure.functions: each handler takes plain inputs and returns
+(status, JSON body). functions/http_api.py adapts them to func.HttpRequest / HttpResponse."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import ValidationError
+
+from shared.config import (
+    ConfigNotFoundError,
+    ConfigStore,
+    ConfigValidationError,
+    Connection,
+    ExportConfig,
+    PrivacyAcceptance,
+    validation_errors,
+)
+from shared.errors import ConfigError, ExportError
+from shared.klaviyo.client import KlaviyoClient
+from shared.klaviyo.errors import KlaviyoError
+from shared.runs import ACTIVE, build_run, instance_id, latest_source
+from shared.runtime import blob_store, open_store
+from shared.secrets import SecretProvider
+from shared.settings import AppSettings
+
+MAX_BODY_BYTES = 256 * 1024
+Reply = tuple[int, dict | list]
+
+
+def error(status: int, message: str, errors: list | None = None) -> Reply:
+    body: dict = {"error": message}
+    if errors:
+        body["errors"] = errors
+    return status, body
+
+
+def parse_json(body: bytes) -> dict:
+    if len(body) > MAX_BODY_BYTES:
+        raise _HttpError(413, f"request body over {MAX_BODY_BYTES // 1024} KB")
+    try:
+        data = orjson.loads(body or b"")
+    except orjson.JSONDecodeError:
+        raise _HttpError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _HttpError(400, "request body must be a JSON object")
+    return data
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.status, self.errors = status, errors
+
+
+def principal_roles(header: str | None) -> set[str] | None:
+    """Roles from App Service authentication's X-MS-CLIENT-PRINCIPAL (base64 JSON); None without one."""
+    if not header:
+        return None
+    try:
+        doc = orjson.loads(base64.b64decode(header))
+        claims = doc.get("claims") or []
+        role_type = doc.get("role_typ", "roles")
+        return {c["val"].lower() for c in claims if c.get("typ") in (role_type, "roles") and "val" in c}
+    except (ValueError, TypeError, AttributeError, KeyError):
+        raise _HttpError(401, "X-MS-CLIENT-PRINCIPAL cannot be read") from None
+
+
+def principal_name(header: str | None) -> str | None:
+    if not header:
+        return None
+    try:
+        doc = orjson.loads(base64.b64decode(header))
+    except ValueError:
+        return None
+    for claim in doc.get("claims") or []:
+        if claim.get("typ") in ("name", "preferred_username", doc.get("name_typ")):
+            return claim.get("val")
+    return doc.get("userDetails")
+
+
+def may_use(conn: Connection, roles: set[str] | None) -> bool:
+    """Without App Service authentication (function keys only) the key holder is trusted; with it, an
+    administrators-only connection needs the 'admin' role, and any connection 'admin' or 'contributor'."""
+    if roles is None:
+        return True
+    if "admin" in roles:
+        return True
+    return conn.allowed_roles == "contributors" and "contributor" in roles
+
+
+class Api:
+    def __init__(self, settings: AppSettings, configs: ConfigStore, secrets: SecretProvider, client_factory=None):
+        self.settings = settings
+        self.configs = configs
+        self.secrets = secrets
+        self.client_factory = client_factory or (lambda key: KlaviyoClient(key, settings.klaviyo_base_url))
+
+    # --- guarded dispatch ---
+
+    async def call(self, handler, *args, **kwargs) -> Reply:
+        try:
+            return await handler(*args, **kwargs)
+        except _HttpError as exc:
+            return error(exc.status, str(exc), exc.errors)
+        except ConfigNotFoundError as exc:
+            return error(404, str(exc))
+        except ConfigValidationError as exc:
+            return error(400, str(exc), exc.errors)
+        except ValidationError as exc:
+            return error(400, "invalid configuration", validation_errors(exc))
+        except (ExportError, ConfigError) as exc:
+            return error(400, str(exc))
+
+    # --- exports ---
+
+    async def list_exports(self) -> Reply:
+        return 200, [cfg.model_dump(mode="json") for cfg in self.configs.list_exports()]
+
+    async def get_export(self, name: str) -> Reply:
+        return 200, self.configs.get_export(name).model_dump(mode="json")
+
+    async def put_export(self, name: str, body: bytes, roles: set[str] | None) -> Reply:
+        data = parse_json(body)
+        if data.setdefault("name", name) != name:
+            raise _HttpError(400, "the body's name differs from the URL's", [{"field": "name", "message": "mismatch"}])
+        self.configs._export_path(name)  # validates the name before anything else
+        cfg = ExportConfig.model_validate(data)
+        existed = self.configs.store.exists(self.configs._export_path(name))
+        conn = self.configs.get_connection(cfg.connection) if self._connection_exists(cfg.connection) else None
+        if conn is not None and not may_use(conn, roles):
+            raise _HttpError(403, f"you may not use connection '{conn.name}'")
+        saved = self.configs.put_export(cfg)
+        return (200 if existed else 201), saved.model_dump(mode="json")
+
+    async def delete_export(self, name: str) -> Reply:
+        if not self.configs.delete_export(name):
+            raise ConfigNotFoundError(f"no export named '{name}'")
+        return 200, {"deleted": name}
+
+    def _connection_exists(self, name: str) -> bool:
+        return self.configs.store.exists(self.configs._connection_path(name))
+
+    # --- runs ---
+
+    async def start_run(self, client, name: str, dry_run: bool, full: bool | None, roles: set[str] | None) -> Reply:
+        cfg = self.configs.get_export(name)
+        conn = self.configs.get_connection(cfg.connection)
+        if not may_use(conn, roles):
+            raise _HttpError(403, f"you may not run exports on connection '{conn.name}'")
+        conn.require_accepted()
+        for status in await client.get_status_by(runtime_status=None) or []:
+            iid = status.instance_id or ""
+            state = status.runtime_status.value if status.runtime_status else ""
+            if iid.startswith(f"{name}.") and state in ACTIVE:
+                return error(409, f"export '{name}' is already running (instance {iid})")
+        segments = open_store(blob_store("segments", cfg.source.container), self.settings)
+        path = latest_source(segments, cfg)
+        iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", segments.info(path).etag, datetime.now(UTC))
+        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full)
+        await client.start_new("export_orchestrator", iid, run)
+        return 202, {"id": iid}
+
+    async def get_run(self, client, instance: str) -> Reply:
+        status = await client.get_status(instance)
+        if status is None or status.runtime_status is None:
+            raise _HttpError(404, f"no run with id '{instance}'")
+        body = {
+            "instance_id": instance,
+            "runtime_status": status.runtime_status.value,
+            "progress": status.custom_status,
+            "created_time": _iso(status.created_time),
+            "last_updated_time": _iso(status.last_updated_time),
+        }
+        if isinstance(status.output, dict):
+            body["report"] = status.output
+        return 200, body
+
+    async def list_runs(self, name: str, limit: int = 20) -> Reply:
+        self.configs.get_export(name)
+        reports = open_store(blob_store("app", self.settings.reports_container), self.settings)
+        names = [n for n in reports.list(f"runs/{name}/") if n.endswith(".json")]
+        docs = [orjson.loads(reports.read_bytes(n)) for n in names]
+        docs.sort(key=lambda d: d.get("started_at") or "", reverse=True)
+        return 200, docs[:limit]
+
+    # --- connections ---
+
+    async def put_connection(self, name: str, body: bytes, roles: set[str] | None, who: str | None) -> Reply:
+        if roles is not None and "admin" not in roles:
+            raise _HttpError(403, "only administrators may add or change connections")
+        data = parse_json(body)
+        api_key = data.pop("api_key", None)
+        data.setdefault("name", name)
+        data.setdefault("secret_name", f"klaviyo-{name}".replace("_", "-"))
+        accept = data.pop("accept_privacy_terms", None)
+        if accept is True and "privacy_acceptance" not in data:
+            data["privacy_acceptance"] = {"accepted_by": who or "function-key holder", "accepted_at": datetime.now(UTC)}
+        conn = Connection.model_validate(data)
+        if conn.privacy_acceptance is None:
+            raise _HttpError(
+                400,
+                "accept the data privacy terms to use a connection ('accept_privacy_terms': true)",
+                [{"field": "privacy_acceptance", "message": "required"}],
+            )
+        if api_key is not None:
+            if not isinstance(api_key, str) or not api_key.strip():
+                problem = [{"field": "api_key", "message": "invalid"}]
+                raise _HttpError(400, "api_key must be a non-empty string", problem)
+            try:
+                async with self.client_factory(api_key) as klaviyo:
+                    await klaviyo.check_key()
+            except KlaviyoError as exc:
+                raise _HttpError(400, f"Klaviyo did not accept the key: {exc}") from None
+            except ValueError as exc:
+                raise _HttpError(400, str(exc)) from None
+            await asyncio.to_thread(self.secrets.set, conn.secret_name, api_key.strip())
+        saved = self.configs.put_connection(conn)
+        return 200, saved.model_dump(mode="json")
+
+    async def get_connection(self, name: str) -> Reply:
+        return 200, self.configs.get_connection(name).model_dump(mode="json")
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+__all__ = ["Api", "PrivacyAcceptance", "error", "principal_name", "principal_roles"]

@@ -1,0 +1,288 @@
+"""The export pipeline's steps, as the durable activities run them: plan, push, check jobs, finish.
+
+Each step takes and returns small JSON-able dicts (names, counts, byte ranges), never rows; bulk data lives
+in the run's workspace. The Klaviyo key is fetched inside the steps that call Klaviyo and never leaves
+them. Steps are safe to retry: upserts are idempotent and the sync state is committed only by `finish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+
+from shared.errors import ExportError
+from shared.klaviyo.batching import BatchBuilder
+from shared.klaviyo.client import KlaviyoClient
+from shared.klaviyo.errors import KlaviyoError
+from shared.klaviyo.limits import RateLimiter
+from shared.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
+from shared.profiles import ProfileMapper, email_key
+from shared.report import JobSummary, RunReport
+from shared.runtime import open_store, secrets
+from shared.source import open_source
+from shared.storage import ObjectStore
+from shared.units import PlanReader
+
+log = logging.getLogger(__name__)
+FAILURES_SAMPLE = 20
+
+
+# -- sync state ------------------------------------------------------------------------------------
+
+
+def load_state(store: ObjectStore, prefix: str) -> SyncState | None:
+    if not store.exists(f"{prefix}meta.json"):
+        return None
+    meta = orjson.loads(store.read_bytes(f"{prefix}meta.json"))
+    keys = np.frombuffer(store.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
+    return SyncState(keys, meta["mapping_key"])
+
+
+def commit_state(store: ObjectStore, prefix: str, keys: np.ndarray, mapping_key: str, run_id: str) -> None:
+    """keys.bin first, then meta.json: a reader sees the new keys only once meta.json names this run."""
+    store.write_bytes(f"{prefix}keys.bin", keys.tobytes())
+    meta = {"mapping_key": mapping_key, "profiles": len(keys), "run_id": run_id, "at": datetime.now(UTC)}
+    store.write_bytes(f"{prefix}meta.json", orjson.dumps(meta))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _workspace(run: dict) -> tuple[ObjectStore, str]:
+    return open_store(run["workspace"]["store"]), run["workspace"]["prefix"]
+
+
+def _source_store(run: dict) -> ObjectStore:
+    return open_store(run["source"]["store"])
+
+
+def _mapper(run: dict, columns: list[str]) -> ProfileMapper:
+    return ProfileMapper(columns, run["mapping"]["email_field"], run["mapping"].get("field_mappings") or {})
+
+
+def _client(run: dict, share: float = 1.0) -> KlaviyoClient:
+    api_key = secrets().get(run["klaviyo"]["secret_name"])
+    limiter = RateLimiter(enabled=run["klaviyo"].get("rate_limits", True), share=share)
+    return KlaviyoClient(api_key, run["klaviyo"]["base_url"], limiter=limiter)
+
+
+def _split_locator(locator: str) -> dict:
+    partition, _, row = locator.rpartition(":")
+    return {"partition": partition, "row": int(row) if row.isdigit() else row}
+
+
+# -- plan ------------------------------------------------------------------------------------------
+
+
+def plan(run: dict) -> dict:
+    """Read the whole source once; fail before anything is sent if it cannot be read whole."""
+    src = run["source"]
+    source = open_source(_source_store(run), src["name"], src.get("root_parts") or [], src.get("entity"))
+    mapper = _mapper(run, source.columns)
+    state = None
+    if not run.get("full_resync"):
+        state = load_state(open_store(run["state"]["store"]), run["state"]["prefix"])
+    workspace, prefix = _workspace(run)
+    options = PlanOptions(chunk_rows=run.get("chunk_rows", 10_000), max_profiles=run.get("max_profiles"), state=state)
+    summary = plan_export(source, mapper, workspace, prefix, options)
+    if run.get("list_id") and not run.get("dry_run"):
+        asyncio.run(_check_list(run))
+    return summary
+
+
+async def _check_list(run: dict) -> None:
+    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words."""
+    async with _client(run) as client:
+        await client.get_list(run["list_id"])
+
+
+# -- push ------------------------------------------------------------------------------------------
+
+
+def push(run: dict, index: int, unit: list[int]) -> dict:
+    """Send one unit: read its rows from the source's byte ranges, build bulk import jobs, submit them."""
+    workspace, prefix = _workspace(run)
+    reader = PlanReader(workspace, prefix)
+    source = _source_store(run)
+    reader.check_unchanged(source)
+    mapper = _mapper(run, reader.plan["columns"])
+    keys_by_locator: dict[str, int] = {}
+    warnings = 0
+
+    def profiles():
+        nonlocal warnings
+        for locator, row, email in reader.iter_unit(source, unit):
+            profile, warning = mapper.profile_json(row, email)
+            warnings += warning is not None
+            keys_by_locator[locator] = email_key(email)
+            yield locator, profile
+
+    builder = BatchBuilder()
+    batches = list(builder.build(profiles()))
+    rejected = [{**_split_locator(r.locator), "reason": r.detail} for r in builder.rejects]
+    width = max(1, run.get("wave_width", 1))
+    jobs, record = asyncio.run(_submit(run, batches, share=1.0 / width))
+    for job in record["jobs"]:
+        job["keys"] = [keys_by_locator[loc] for loc in job["locators"]]
+    rejected += record["rejected"]
+    record["rejected"] = rejected
+    record["rejected_keys"] = [keys_by_locator[f"{r['partition']}:{r['row']}"] for r in rejected]
+    workspace.write_bytes(f"{prefix}push/{index:06d}.json", orjson.dumps(record))
+    return {
+        "unit": index,
+        "jobs": jobs,
+        "submitted": sum(j["total"] for j in jobs),
+        "rejected": len(rejected),
+        "warnings": warnings,
+    }
+
+
+async def _submit(run: dict, batches, share: float) -> tuple[list[dict], dict]:
+    jobs: list[dict] = []
+    record: dict = {"jobs": [], "rejected": []}
+    async with _client(run, share) as client:
+        for batch in batches:
+            result = await client.submit_import_job(batch, run["list_id"])
+            record["rejected"] += [{**_split_locator(r.locator), "reason": r.detail} for r in result.rejected]
+            if result.job_id:
+                jobs.append({"id": result.job_id, "total": result.submitted})
+                record["jobs"].append({"id": result.job_id, "locators": list(result.locators)})
+    return jobs, record
+
+
+# -- check jobs ------------------------------------------------------------------------------------
+
+
+def check_jobs(run: dict, job_ids: list[str]) -> list[dict]:
+    async def go() -> list[dict]:
+        async with _client(run) as client:
+            out = []
+            for job_id in job_ids:
+                job = await client.get_import_job(job_id)
+                out.append(
+                    {
+                        "id": job.id,
+                        "status": job.status,
+                        "total": job.total_count,
+                        "completed": job.completed_count,
+                        "failed": job.failed_count,
+                    }
+                )
+            return out
+
+    return asyncio.run(go())
+
+
+# -- finish ----------------------------------------------------------------------------------------
+
+
+def finish(run: dict, outcome: dict) -> dict:
+    """Write the report and the rejects file; commit the sync state for what Klaviyo confirmed.
+
+    `outcome`: {"plan": plan summary | None, "pushes": [push results], "jobs": [job states], "error": str | None}
+    """
+    started = time.monotonic()
+    planned = outcome.get("plan") or {}
+    jobs = {j["id"]: j for j in outcome.get("jobs") or []}
+    reports = open_store(run["reports"]["store"])
+    report_name = run["reports"]["name"]
+    rejects_name = report_name.removesuffix(".json") + ".rejects.ndjson"
+    report = RunReport(
+        export=run["export"],
+        run_id=run["run_id"],
+        status="failed" if outcome.get("error") else "succeeded",
+        dry_run=bool(run.get("dry_run")),
+        mode=run.get("mode", "upsert"),
+        list_id=run.get("list_id"),
+        source=planned.get("source"),
+        entity=planned.get("entity"),
+        rows_read=planned.get("rows_read", 0),
+        rows_rejected=planned.get("rows_rejected", 0),
+        duplicate_rows=planned.get("duplicate_rows", 0),
+        profiles_unchanged=planned.get("profiles_unchanged", 0),
+        rejects_sample=planned.get("rejects_sample", []),
+        started_at=run.get("started_at"),
+        error=outcome.get("error"),
+    )
+    report.profiles_submitted = planned.get("profiles_to_send", 0) if planned else 0
+    lines: list[bytes] = []
+    excluded: set[int] = set()
+    if planned:
+        workspace, prefix = _workspace(run)
+        if workspace.exists(planned["rejects_file"]):
+            lines.append(workspace.read_bytes(planned["rejects_file"]).rstrip(b"\n"))
+        if not report.dry_run:
+            failures, excluded = asyncio.run(_collect_failures(run, workspace, prefix, jobs))
+            report.profiles_failed = len(failures)
+            report.failures_sample = failures[:FAILURES_SAMPLE]
+            lines += [orjson.dumps(f) for f in failures]
+            report.jobs = [JobSummary(**{k: j[k] for k in ("id", "status", "total", "completed", "failed")})
+                           for j in jobs.values()]  # fmt: skip
+            report.profiles_imported = sum(j["completed"] for j in jobs.values())
+            report.warnings = sum(p.get("warnings", 0) for p in outcome.get("pushes") or [])
+    else:
+        report.profiles_submitted = 0
+    if report.status != "failed" and report.profiles_failed:
+        report.status = "partially_succeeded"
+    reports.write_bytes(rejects_name, b"\n".join(line for line in lines if line) + b"\n")
+    report.rejects_file = rejects_name
+    if planned and report.status != "failed" and not report.dry_run:
+        _commit(run, planned, excluded)
+    ended = datetime.now(UTC)
+    report.ended_at = ended
+    if report.started_at:
+        report.duration_s = round((ended - report.started_at).total_seconds(), 3)
+    else:
+        report.duration_s = round(time.monotonic() - started, 3)
+    body = report.model_dump(mode="json")
+    reports.write_bytes(report_name, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    return body
+
+
+async def _collect_failures(run: dict, workspace: ObjectStore, prefix: str, jobs: dict) -> tuple[list[dict], set]:
+    """Every profile that did not make it: stripped on a 400, reported on any page of a job's import
+    errors, or in a job that never completed. Returns them (with locators) and their email keys."""
+    failures: list[dict] = []
+    excluded: set[int] = set()
+    records = [orjson.loads(workspace.read_bytes(n)) for n in workspace.list(f"{prefix}push/")]
+    async with _client(run) as client:
+        for record in records:
+            failures += [{**r, "kind": "failed"} for r in record["rejected"]]
+            excluded.update(record.get("rejected_keys", []))
+            for job in record["jobs"]:
+                state = jobs.get(job["id"])
+                if state is None or state["status"] != "complete":
+                    status = state["status"] if state else "unknown"
+                    for loc, key in zip(job["locators"], job["keys"], strict=True):
+                        failures.append({**_split_locator(loc), "reason": f"import job {status}", "kind": "failed"})
+                        excluded.add(key)
+                    continue
+                if not state["failed"]:
+                    continue
+                async for err in client.iter_import_errors(job["id"]):
+                    if err.index is None or not 0 <= err.index < len(job["locators"]):
+                        continue
+                    reason = err.detail or err.title or err.code
+                    failures.append({**_split_locator(job["locators"][err.index]), "reason": reason, "kind": "failed"})
+                    excluded.add(job["keys"][err.index])
+    return failures, excluded
+
+
+def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
+    workspace, prefix = _workspace(run)
+    keys = np.frombuffer(workspace.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
+    if excluded:
+        keys = keys[~np.isin(keys["e"], np.fromiter(excluded, np.uint64, len(excluded)))]
+    commit_state(open_store(run["state"]["store"]), run["state"]["prefix"], keys, planned["mapping_key"], run["run_id"])
+
+
+def fatal_message(exc: BaseException) -> str:
+    """One line for the report: our own errors and Klaviyo's as they are, anything else with its type."""
+    if isinstance(exc, ExportError | KlaviyoError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,46 @@
+"""Where a run's pieces live, resolved from small descriptors that travel in durable payloads.
+
+A store descriptor is {"kind": "local", "root": "/abs/folder"} or
+{"kind": "blob", "account": "app" | "segments", "container": "name"}; blob accounts come from settings
+(a connection string locally, a service URI + managed identity in Azure), never from the payload.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from shared.secrets import SecretProvider, get_secret_provider
+from shared.settings import AppSettings, get_settings
+from shared.storage import BlobStore, LocalStore, ObjectStore
+
+
+def local_store(root: str) -> dict:
+    return {"kind": "local", "root": root}
+
+
+def blob_store(account: str, container: str) -> dict:
+    return {"kind": "blob", "account": account, "container": container}
+
+
+@lru_cache(maxsize=64)
+def _blob(account: str, container: str, conn_str: str, service_uri: str) -> BlobStore:
+    if conn_str:
+        return BlobStore.from_connection_string(conn_str, container)
+    if service_uri:
+        return BlobStore.from_account_url(service_uri, container)
+    raise ValueError(f"no storage configured for the {account} account")
+
+
+def open_store(desc: dict, settings: AppSettings | None = None) -> ObjectStore:
+    settings = settings or get_settings()
+    if desc["kind"] == "local":
+        return LocalStore(desc["root"])
+    if desc["account"] == "segments":
+        conn, uri = settings.segments_storage, settings.segments_storage_blob_uri
+    else:
+        conn, uri = settings.app_storage, settings.app_storage_blob_uri
+    return _blob(desc["account"], desc["container"], conn, uri)
+
+
+def secrets() -> SecretProvider:
+    return get_secret_provider()
