@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -52,70 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_printer(label: str):
-    """A rich progress bar on a terminal; nothing otherwise (CI logs stay readable)."""
-    if not sys.stderr.isatty():
-        return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+def run_full(args) -> dict:
+    """A run (or a dry run) through the orchestrator and activities on the local durable driver."""
+    from localdev.runner import run_export
 
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    task = progress.add_task(label, total=None)
+    progress = None
+    if sys.stderr.isatty():
+        from rich.progress import Progress
 
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return progress, update
-
-
-def run_dry(args) -> dict:
-    from shared.plan import PlanOptions, plan_export
-    from shared.profiles import ProfileMapper
-    from shared.source import resolve_source_arg
-    from shared.storage import LocalStore
-
-    started = datetime.now(UTC)
-    t0 = time.monotonic()
-    run_id = f"dry-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    source = resolve_source_arg(args.source, entity=args.entity, delimiter=args.delimiter)
-    mapper = ProfileMapper(source.columns, args.email_field, _parse_fields(args.field))
-    workspace = LocalStore(args.workdir)
-    progress, update = _progress_printer(f"planning {source.entity}")
-    if progress:
+        progress = Progress(transient=True)
         progress.start()
-    try:
-        plan = plan_export(
-            source, mapper, workspace, f"{run_id}/", PlanOptions(max_profiles=args.max_profiles), progress=update
+        task = progress.add_task("planning", total=None)
+
+    def on_progress(status: dict) -> None:
+        if progress is None:
+            return
+        label = (
+            f"{status.get('phase', '')}: {status.get('profiles_submitted', 0):,} sent, "
+            f"{status.get('profiles_imported', 0):,} imported, jobs {status.get('jobs_done', 0)}/{status.get('jobs', 0)}"
         )
+        progress.update(task, description=label, completed=status.get("units_done", 0), total=status.get("units_total"))
+
+    try:
+        return run_export(args, on_progress)
     finally:
-        if progress:
+        if progress is not None:
             progress.stop()
-    return {
-        "export": source.entity,
-        "run_id": run_id,
-        "status": "succeeded",
-        "dry_run": True,
-        "mode": args.mode,
-        "list_id": args.list_id,
-        "source": source.identity,
-        "entity": source.entity,
-        "rows_read": plan["rows_read"],
-        "rows_rejected": plan["rows_rejected"],
-        "duplicate_rows": plan["duplicate_rows"],
-        "profiles_submitted": plan["profiles_to_send"],
-        "profiles_unchanged": plan["profiles_unchanged"],
-        "rejects_sample": plan["rejects_sample"],
-        "rejects_file": workspace.describe(plan["rejects_file"]),
-        "started_at": started.isoformat(),
-        "ended_at": datetime.now(UTC).isoformat(),
-        "duration_s": round(time.monotonic() - t0, 3),
-    }
 
 
 def _print_summary(report: dict) -> None:
@@ -128,6 +87,8 @@ def _print_summary(report: dict) -> None:
         f"{report['duplicate_rows']:,} duplicates, {verb} {report['profiles_submitted']:,} profiles "
         f"({report.get('profiles_unchanged', 0):,} unchanged) in {report['duration_s']:.2f} s"
     )
+    if report.get("error"):
+        console.print(f"  error: {report['error']}")
     for item in report.get("rejects_sample", [])[:5]:
         console.print(f"  rejected {item['partition']} row {item['row']}: {item['reason']}")
     if report.get("rejects_file"):
@@ -145,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             print(Path(args.folder) / name)
             return 0
         if args.command == "export":
-            if not args.dry_run:
-                raise ExportError("only --dry-run is available from this command so far")
-            report = run_dry(args)
+            report = run_full(args)
             if args.report:
                 Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
             _print_summary(report)
-            return 0 if report["status"] in ("succeeded", "partially_succeeded") else 1
+            if report["status"] not in ("succeeded", "partially_succeeded"):
+                print(f"error: {report.get('error') or 'the run failed'}", file=sys.stderr)
+                return 1
+            return 0
     except ExportError as exc:
         if args.debug:
             raise

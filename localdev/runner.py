@@ -1,0 +1,153 @@
+"""One export run from the command line, through the same orchestrator and activities as in Azure, on the
+local durable driver (history in a local folder, so a killed run resumes when the command is run again)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.config import Connection, ExportConfig, PrivacyAcceptance, SourceConfig
+from shared.errors import ExportError
+from shared.runs import ORCHESTRATOR, build_run, instance_id
+from shared.runtime import blob_store, local_store
+from shared.settings import AppSettings
+from shared.storage import split_blob_url
+
+LOCAL_CONNECTION = "local"
+EMULATOR_KEY_ENV = "KLAVIYO_API_KEY"
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9-_]+", "-", text.lower()).strip("-_")[:60]
+    return slug or "export"
+
+
+def _source_location(source: str) -> tuple[dict, str, list[str], str]:
+    """(store descriptor, name in it, root parts, kind) for a path or a blob URL."""
+    if source.startswith(("http://", "https://")):
+        account_url, container, path = split_blob_url(source)
+        if not path.lower().endswith((".json", ".csv")):
+            path = f"{path.rstrip('/')}/model.json" if path else "model.json"
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or os.environ.get("SEGMENTS_STORAGE")
+        if conn:
+            os.environ["SEGMENTS_STORAGE"] = conn
+        else:
+            os.environ.setdefault("SEGMENTS_STORAGE__blobServiceUri", account_url)
+        kind = "csv" if path.lower().endswith(".csv") else "cdm"
+        return blob_store("segments", container), path, [container], kind
+    path = Path(source).expanduser().resolve()
+    if path.is_dir():
+        path = path / "model.json"
+    if not path.is_file():
+        raise ExportError(f"no such source: {source}")
+    kind = "csv" if path.suffix.lower() == ".csv" else "cdm"
+    return local_store(str(path.parent)), path.name, list(path.parent.parts[1:]), kind
+
+
+@contextmanager
+def klaviyo_endpoint(url: str | None, list_id: str) -> Iterator[tuple[str, bool]]:
+    """(base URL, rate limits on). With no URL and no key anywhere, run the emulator for this command, with
+    the list already there, so a first try needs no Klaviyo account."""
+    if url or os.environ.get(EMULATOR_KEY_ENV) or os.environ.get("KEY_VAULT_URL"):
+        yield (url or AppSettings().klaviyo_base_url), True
+        return
+    from localdev.services import run_emulator
+
+    key = "pk_local_emulator_" + os.urandom(8).hex()
+    with run_emulator(key, "--lists", list_id) as emulator_url:
+        os.environ[EMULATOR_KEY_ENV] = key
+        print(f"no Klaviyo key set: using the Klaviyo emulator at {emulator_url}", file=sys.stderr)
+        try:
+            yield emulator_url, True
+        finally:
+            os.environ.pop(EMULATOR_KEY_ENV, None)
+
+
+def run_export(args, on_progress=None) -> dict:
+    from localdev.durable.driver import LocalDurableDriver
+    from localdev.durable.store import LocalFolderHistoryStore
+
+    store_desc, name, root_parts, kind = _source_location(args.source)
+    workdir = Path(args.workdir).resolve()
+    state_dir = Path(args.state).resolve()
+    fields = dict(item.split("=", 1) for item in args.field)
+    export_name = _slug(args.entity or Path(name).stem if kind == "csv" else args.entity or "segment")
+    cfg = ExportConfig(
+        name=export_name,
+        connection=LOCAL_CONNECTION,
+        list_id=args.list_id,
+        source=SourceConfig(kind=kind, path_prefix=str(Path(name).parent) + "/", entity=args.entity),
+        email_field=args.email_field,
+        field_mappings=fields,
+        mode=args.mode,
+        max_profiles=args.max_profiles,
+        full_resync=args.full,
+        **({"subscribe": None} if args.mode != "subscribe" else {}),
+    )
+    # From the command line the user runs with their own key: their running it is the acceptance.
+    conn = Connection(
+        name=LOCAL_CONNECTION,
+        secret_name="klaviyo-local",
+        privacy_acceptance=PrivacyAcceptance(accepted_by="command line user", accepted_at=datetime.now(UTC)),
+    )
+    settings = AppSettings(JOB_POLL_INTERVAL_S=1)
+    from shared.runtime import open_store
+
+    source_store = open_store(store_desc, settings)
+    etag = source_store.info(name).etag
+    iid = instance_id(cfg.name, f"{source_store.describe(name)}", etag)
+    if args.dry_run:
+        iid += ".dry"
+
+    with ExitStack() as stack:
+        base_url, rate_limits = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id))
+        run = build_run(
+            cfg,
+            conn,
+            name,
+            settings,
+            iid,
+            dry_run=args.dry_run,
+            source_store=store_desc,
+            root_parts=root_parts,
+            workspace_store=local_store(str(workdir / "work")),
+            state_store=local_store(str(state_dir)),
+            reports_store=local_store(str(workdir / "reports")),
+            klaviyo_base_url=base_url,
+            rate_limits=rate_limits,
+        )
+        import function_app
+
+        history = LocalFolderHistoryStore(workdir / "history")
+        driver = stack.enter_context(LocalDurableDriver(function_app.app, history))
+        resumed = iid in driver.resume()
+        status = driver.get_status(iid)
+        if not resumed and (status is None or status.is_terminal):
+            driver.start_new(ORCHESTRATOR, iid, run)
+        elif resumed:
+            print(f"resuming run {iid} where it stopped", file=sys.stderr)
+        final = _wait(driver, iid, on_progress)
+    if isinstance(final.output, dict):
+        return final.output
+    reason = (final.failure_details or {}).get("message") or f"run ended {final.runtime_status}"
+    raise ExportError(reason)
+
+
+def _wait(driver, iid: str, on_progress):
+    seen: list = [None]
+
+    def changed(status) -> bool:
+        return status.is_terminal or status.custom_status != seen[0]
+
+    while True:
+        status = driver.wait_for_status(iid, changed, timeout=None)
+        if status.is_terminal:
+            return status
+        seen[0] = status.custom_status
+        if on_progress and isinstance(seen[0], dict):
+            on_progress(seen[0])
