@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
+from shared.config import validation_errors
 from shared.errors import ExportError
 
 
@@ -66,7 +68,8 @@ def run_full(args) -> dict:
             return
         label = (
             f"{status.get('phase', '')}: {status.get('profiles_submitted', 0):,} sent, "
-            f"{status.get('profiles_imported', 0):,} imported, jobs {status.get('jobs_done', 0)}/{status.get('jobs', 0)}"
+            f"{status.get('profiles_imported', 0):,} imported, "
+            f"jobs {status.get('jobs_done', 0)}/{status.get('jobs', 0)}"
         )
         progress.update(task, description=label, completed=status.get("units_done", 0), total=status.get("units_total"))
 
@@ -118,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        if args.debug:
+            raise
+        problems = "; ".join(f"{e['field'] or 'value'}: {e['message']}" for e in validation_errors(exc))
+        print(f"error: invalid options: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -81,7 +81,8 @@ def run_export(args, on_progress=None) -> dict:
         name=export_name,
         connection=LOCAL_CONNECTION,
         list_id=args.list_id,
-        source=SourceConfig(kind=kind, path_prefix=str(Path(name).parent) + "/", entity=args.entity),
+        # Where the source is was resolved above; the configuration's source only matters to blob events.
+        source=SourceConfig(kind=kind, path_prefix="command-line/", entity=args.entity if kind == "cdm" else None),
         email_field=args.email_field,
         field_mappings=fields,
         mode=args.mode,
@@ -100,9 +101,7 @@ def run_export(args, on_progress=None) -> dict:
 
     source_store = open_store(store_desc, settings)
     etag = source_store.info(name).etag
-    iid = instance_id(cfg.name, f"{source_store.describe(name)}", etag)
-    if args.dry_run:
-        iid += ".dry"
+    base_id = instance_id(cfg.name, f"{source_store.describe(name)}", etag)
 
     with ExitStack() as stack:
         base_url, rate_limits = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id))
@@ -111,7 +110,7 @@ def run_export(args, on_progress=None) -> dict:
             conn,
             name,
             settings,
-            iid,
+            instance_id(cfg.name, f"{source_store.describe(name)}", etag, datetime.now(UTC)),
             dry_run=args.dry_run,
             source_store=store_desc,
             root_parts=root_parts,
@@ -125,15 +124,20 @@ def run_export(args, on_progress=None) -> dict:
 
         history = LocalFolderHistoryStore(workdir / "history")
         driver = stack.enter_context(LocalDurableDriver(function_app.app, history))
-        resumed = iid in driver.resume()
-        status = driver.get_status(iid)
-        if not resumed and (status is None or status.is_terminal):
-            driver.start_new(ORCHESTRATOR, iid, run)
-        elif resumed:
+        # A run of this source that was killed part way is resumed where it stopped; otherwise a new run.
+        unfinished = [i for i in driver.resume() if i.startswith(base_id)]
+        if unfinished:
+            iid = unfinished[0]
             print(f"resuming run {iid} where it stopped", file=sys.stderr)
+        else:
+            driver.start_new(ORCHESTRATOR, run["run_id"], run)
+            iid = run["run_id"]
         final = _wait(driver, iid, on_progress)
     if isinstance(final.output, dict):
-        return final.output
+        report = dict(final.output)
+        if report.get("rejects_file"):
+            report["rejects_file"] = str(workdir / "reports" / report["rejects_file"])
+        return report
     reason = (final.failure_details or {}).get("message") or f"run ended {final.runtime_status}"
     raise ExportError(reason)
 

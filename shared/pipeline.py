@@ -217,7 +217,8 @@ def finish(run: dict, outcome: dict) -> dict:
         if workspace.exists(planned["rejects_file"]):
             lines.append(workspace.read_bytes(planned["rejects_file"]).rstrip(b"\n"))
         if not report.dry_run:
-            failures, excluded = asyncio.run(_collect_failures(run, workspace, prefix, jobs))
+            pushes = outcome.get("pushes") or []
+            failures, excluded = asyncio.run(_collect_failures(run, workspace, prefix, pushes, jobs))
             report.profiles_failed = len(failures)
             report.failures_sample = failures[:FAILURES_SAMPLE]
             lines += [orjson.dumps(f) for f in failures]
@@ -244,12 +245,16 @@ def finish(run: dict, outcome: dict) -> dict:
     return body
 
 
-async def _collect_failures(run: dict, workspace: ObjectStore, prefix: str, jobs: dict) -> tuple[list[dict], set]:
+async def _collect_failures(
+    run: dict, workspace: ObjectStore, prefix: str, pushes: list[dict], jobs: dict
+) -> tuple[list[dict], set]:
     """Every profile that did not make it: stripped on a 400, reported on any page of a job's import
     errors, or in a job that never completed. Returns them (with locators) and their email keys."""
     failures: list[dict] = []
     excluded: set[int] = set()
-    records = [orjson.loads(workspace.read_bytes(n)) for n in workspace.list(f"{prefix}push/")]
+    # Only the pushes this run's orchestration recorded (a retried push overwrote its own record).
+    units = sorted({p["unit"] for p in pushes})
+    records = [orjson.loads(workspace.read_bytes(f"{prefix}push/{i:06d}.json")) for i in units]
     async with _client(run) as client:
         for record in records:
             failures += [{**r, "kind": "failed"} for r in record["rejected"]]
