@@ -9,10 +9,19 @@ from datetime import timedelta
 
 import azure.durable_functions as df
 
+from shared.pipeline import Fatal
+
 bp = df.Blueprint()
 
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_of_attempts=4)
 MAX_POLL_S = 60
+
+
+def _checked(result):
+    """Steps return {"fatal": reason} for what no retry can fix (see shared.pipeline.fatal_as_result)."""
+    if isinstance(result, dict) and "fatal" in result:
+        raise Fatal(result["fatal"])
+    return result
 
 
 def _status(context, phase: str, progress: dict) -> None:
@@ -35,7 +44,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
     outcome: dict = {"plan": None, "pushes": [], "jobs": [], "error": None}
     try:
         _status(context, "planning", progress)
-        plan = yield context.call_activity_with_retry("plan_export", RETRY, run)
+        plan = _checked((yield context.call_activity_with_retry("plan_export", RETRY, run)))
         outcome["plan"] = plan
         units = plan["units"]
         progress.update(rows_planned=plan["rows_read"], units_total=len(units))
@@ -50,7 +59,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                     for i in range(start, min(start + width, len(units)))
                 ]
                 results = yield context.task_all(wave)
-                for result in results:
+                for result in map(_checked, results):
                     outcome["pushes"].append({k: result[k] for k in ("unit", "submitted", "rejected", "warnings")})
                     job_ids += [job["id"] for job in result["jobs"]]
                     progress["profiles_submitted"] += result["submitted"]
@@ -62,7 +71,8 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
             delay = max(1, int(run.get("poll_interval_s", 5)))
             while pending:
                 _status(context, "waiting_for_klaviyo", progress)
-                checked = yield context.call_activity_with_retry("check_jobs", RETRY, {"run": run, "job_ids": pending})
+                payload = {"run": run, "job_ids": pending}
+                checked = _checked((yield context.call_activity_with_retry("check_jobs", RETRY, payload)))
                 for job in checked:
                     states[job["id"]] = job
                 pending = [j["id"] for j in checked if j["status"] not in ("complete", "cancelled")]
@@ -75,7 +85,9 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                     yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
                     delay = min(MAX_POLL_S, delay * 2)
             outcome["jobs"] = [states[j] for j in job_ids if j in states]
-    except Exception as exc:  # an activity failed for good: the run fails, with the reason in its report
+    except Fatal as exc:
+        outcome["error"] = str(exc)
+    except Exception as exc:  # an activity failed after its retries: the run fails, with the reason in its report
         outcome["error"] = _one_line(exc)
 
     _status(context, "finishing", progress)
@@ -86,6 +98,6 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
 
 def _one_line(exc: Exception) -> str:
     """Durable wraps an activity's failure as 'Activity function ... failed: <message>'; keep the message."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
     marker = "failed: "
-    return text.split(marker, 1)[1] if marker in text else text
+    return text.split(marker, 1)[1].strip() if marker in text else text

@@ -8,6 +8,7 @@ them. Steps are safe to retry: upserts are idempotent and the sync state is comm
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ import orjson
 from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
-from shared.klaviyo.errors import KlaviyoError
+from shared.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
 from shared.klaviyo.limits import RateLimiter
 from shared.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
 from shared.profiles import ProfileMapper, email_key
@@ -30,6 +31,36 @@ from shared.units import PlanReader
 
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20
+
+
+# -- fatal problems --------------------------------------------------------------------------------
+
+
+class Fatal(Exception):
+    """Raised in the orchestrator for a step that returned {"fatal": message}."""
+
+
+def fatal_as_result(step):
+    """Problems that a retry cannot fix (bad source, bad configuration, Klaviyo's 4xx) come back as
+    {"fatal": one line} instead of an exception, so the durable retry policy only retries what is transient
+    (5xx after the client's own retries, dropped connections, crashes)."""
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except (ExportError, KlaviyoError) as exc:
+            if isinstance(exc, KlaviyoUnavailable):
+                raise
+            return {"fatal": fatal_message(exc)}
+
+    return wrapper
+
+
+def fatal_message(exc: BaseException) -> str:
+    """One line for the report: our own errors and Klaviyo's as they are, anything else with its type."""
+    text = str(exc) if isinstance(exc, ExportError | KlaviyoError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
 
 
 # -- sync state ------------------------------------------------------------------------------------
@@ -79,6 +110,7 @@ def _split_locator(locator: str) -> dict:
 # -- plan ------------------------------------------------------------------------------------------
 
 
+@fatal_as_result
 def plan(run: dict) -> dict:
     """Read the whole source once; fail before anything is sent if it cannot be read whole."""
     src = run["source"]
@@ -104,6 +136,7 @@ async def _check_list(run: dict) -> None:
 # -- push ------------------------------------------------------------------------------------------
 
 
+@fatal_as_result
 def push(run: dict, index: int, unit: list[int]) -> dict:
     """Send one unit: read its rows from the source's byte ranges, build bulk import jobs, submit them."""
     workspace, prefix = _workspace(run)
@@ -158,6 +191,7 @@ async def _submit(run: dict, batches, share: float) -> tuple[list[dict], dict]:
 # -- check jobs ------------------------------------------------------------------------------------
 
 
+@fatal_as_result
 def check_jobs(run: dict, job_ids: list[str]) -> list[dict]:
     async def go() -> list[dict]:
         async with _client(run) as client:
@@ -284,10 +318,3 @@ def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
     if excluded:
         keys = keys[~np.isin(keys["e"], np.fromiter(excluded, np.uint64, len(excluded)))]
     commit_state(open_store(run["state"]["store"]), run["state"]["prefix"], keys, planned["mapping_key"], run["run_id"])
-
-
-def fatal_message(exc: BaseException) -> str:
-    """One line for the report: our own errors and Klaviyo's as they are, anything else with its type."""
-    if isinstance(exc, ExportError | KlaviyoError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
