@@ -108,10 +108,9 @@ def test_missing_partition_fails_before_anything_is_sent(tmp_path, emulator_url)
     partition = next(p for p in store.list() if p.endswith("_2.csv"))
     store.delete(partition)
     list_id = new_list(emulator_url)
-    code, _, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
-    assert code == 2
-    assert (
-        err.strip()
-        == f"error: partition 'HighValueCustomers_2' named in model.json cannot be read: {tmp_path / 'src' / partition}"
-    )
+    code, report, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
+    assert code == 1
+    where = tmp_path / "src" / partition
+    assert err.strip() == f"error: partition 'HighValueCustomers_2' named in model.json cannot be read: {where}"
+    assert report["status"] == "failed" and report["rows_read"] == 0
     assert list_emails(emulator_url, list_id) == set()
