@@ -24,6 +24,11 @@ def check_jobs(payload: dict) -> list[dict]:
     return pipeline.check_jobs(payload["run"], payload["job_ids"])
 
 
+@bp.activity_trigger(input_name="run", activity="remove_departed")
+def remove_departed(run: dict) -> dict:
+    return pipeline.remove_departed(run)
+
+
 @bp.activity_trigger(input_name="payload", activity="finish_export")
 def finish_export(payload: dict) -> dict:
     return pipeline.finish(payload["run"], payload["outcome"])

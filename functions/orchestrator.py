@@ -41,7 +41,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
         "jobs": 0,
         "jobs_done": 0,
     }
-    outcome: dict = {"plan": None, "pushes": [], "jobs": [], "error": None}
+    outcome: dict = {"plan": None, "pushes": [], "jobs": [], "removal": None, "error": None}
     try:
         _status(context, "planning", progress)
         plan = _checked((yield context.call_activity_with_retry("plan_export", RETRY, run)))
@@ -60,7 +60,8 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 ]
                 results = yield context.task_all(wave)
                 for result in map(_checked, results):
-                    outcome["pushes"].append({k: result[k] for k in ("unit", "submitted", "rejected", "warnings")})
+                    keep = ("unit", "submitted", "rejected", "warnings", "subscribed", "not_consented")
+                    outcome["pushes"].append({k: result.get(k, 0) for k in keep})
                     job_ids += [job["id"] for job in result["jobs"]]
                     progress["profiles_submitted"] += result["submitted"]
                     progress["profiles_failed"] += result["rejected"]
@@ -85,6 +86,10 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                     yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
                     delay = min(MAX_POLL_S, delay * 2)
             outcome["jobs"] = [states[j] for j in job_ids if j in states]
+
+            if plan.get("profiles_to_remove"):
+                _status(context, "removing_departed", progress)
+                outcome["removal"] = _checked((yield context.call_activity_with_retry("remove_departed", RETRY, run)))
     except Fatal as exc:
         outcome["error"] = str(exc)
     except Exception as exc:  # an activity failed after its retries: the run fails, with the reason in its report

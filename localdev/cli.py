@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dry-run", action="store_true", help="read and validate everything, send nothing")
     ex.add_argument("--full", action="store_true", help="send every profile, not only the changed ones")
     ex.add_argument("--max-profiles", type=int, help="fail before sending when the segment is larger")
+    ex.add_argument("--consent-field", help="subscribe mode: the column that records email marketing consent")
+    ex.add_argument("--consent-values", default="true,yes,1,subscribed", help="values that mean consent (comma list)")
+    ex.add_argument("--consented-at-field", help="subscribe mode: the column with when consent was given")
+    ex.add_argument("--max-removal-share", type=float, default=0.30, help="mirror mode: refuse larger removals")
+    ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
     ex.add_argument("--delimiter", default=",", help="delimiter of a plain CSV source")
 
     sample = sub.add_parser("sample", help="write a generated Customer Insights export into a folder")

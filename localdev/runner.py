@@ -88,7 +88,16 @@ def run_export(args, on_progress=None) -> dict:
         mode=args.mode,
         max_profiles=args.max_profiles,
         full_resync=args.full,
-        **({"subscribe": None} if args.mode != "subscribe" else {}),
+        subscribe=(
+            {
+                "consent_field": args.consent_field,
+                "consent_values": [v for v in args.consent_values.split(",") if v.strip()],
+                "consented_at_field": args.consented_at_field,
+            }
+            if args.mode == "subscribe" and args.consent_field
+            else None
+        ),
+        mirror={"max_removal_share": args.max_removal_share} if args.mode == "mirror" else None,
     )
     # From the command line the user runs with their own key: their running it is the acceptance.
     conn = Connection(
@@ -119,6 +128,7 @@ def run_export(args, on_progress=None) -> dict:
             reports_store=local_store(str(workdir / "reports")),
             klaviyo_base_url=base_url,
             rate_limits=rate_limits,
+            allow_mass_removal=args.allow_mass_removal,
         )
         import function_app
 

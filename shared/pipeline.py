@@ -21,6 +21,7 @@ from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
 from shared.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
 from shared.klaviyo.limits import RateLimiter
+from shared.klaviyo.models import SubscribeProfile
 from shared.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
 from shared.profiles import ProfileMapper, email_key
 from shared.report import JobSummary, RunReport
@@ -31,6 +32,7 @@ from shared.units import PlanReader
 
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20
+SUBSCRIBE_SOURCE = "Customer Insights segment export"
 
 
 # -- fatal problems --------------------------------------------------------------------------------
@@ -74,9 +76,19 @@ def load_state(store: ObjectStore, prefix: str) -> SyncState | None:
     return SyncState(keys, meta["mapping_key"])
 
 
-def commit_state(store: ObjectStore, prefix: str, keys: np.ndarray, mapping_key: str, run_id: str) -> None:
-    """keys.bin first, then meta.json: a reader sees the new keys only once meta.json names this run."""
+def load_state_emails(store: ObjectStore, prefix: str) -> list[str]:
+    """The emails of the state's profiles, in keys.bin's order (mirror mode looks up ids by email)."""
+    if not store.exists(f"{prefix}emails.txt"):
+        return []
+    return store.read_bytes(f"{prefix}emails.txt").decode().split("\n")
+
+
+def commit_state(
+    store: ObjectStore, prefix: str, keys: np.ndarray, emails: list[str], mapping_key: str, run_id: str
+) -> None:
+    """Data first, then meta.json, which names the run that wrote it."""
     store.write_bytes(f"{prefix}keys.bin", keys.tobytes())
+    store.write_bytes(f"{prefix}emails.txt", "\n".join(emails).encode())
     meta = {"mapping_key": mapping_key, "profiles": len(keys), "run_id": run_id, "at": datetime.now(UTC)}
     store.write_bytes(f"{prefix}meta.json", orjson.dumps(meta))
 
@@ -93,7 +105,8 @@ def _source_store(run: dict) -> ObjectStore:
 
 
 def _mapper(run: dict, columns: list[str]) -> ProfileMapper:
-    return ProfileMapper(columns, run["mapping"]["email_field"], run["mapping"].get("field_mappings") or {})
+    mapping = run["mapping"]
+    return ProfileMapper(columns, mapping["email_field"], mapping.get("field_mappings") or {}, mapping.get("consent"))
 
 
 def _client(run: dict, share: float = 1.0) -> KlaviyoClient:
@@ -116,11 +129,17 @@ def plan(run: dict) -> dict:
     src = run["source"]
     source = open_source(_source_store(run), src["name"], src.get("root_parts") or [], src.get("entity"))
     mapper = _mapper(run, source.columns)
-    state = None
-    if not run.get("full_resync"):
-        state = load_state(open_store(run["state"]["store"]), run["state"]["prefix"])
+    state = load_state(open_store(run["state"]["store"]), run["state"]["prefix"])
     workspace, prefix = _workspace(run)
-    options = PlanOptions(chunk_rows=run.get("chunk_rows", 10_000), max_profiles=run.get("max_profiles"), state=state)
+    mirror = run.get("mirror") if run.get("mode") == "mirror" else None
+    options = PlanOptions(
+        chunk_rows=run.get("chunk_rows", 10_000),
+        max_profiles=run.get("max_profiles"),
+        full_resync=bool(run.get("full_resync")),
+        state=state,
+        mirror_share=mirror["max_removal_share"] if mirror else None,
+        allow_mass_removal=bool(mirror and mirror.get("allow_mass_removal")),
+    )
     summary = plan_export(source, mapper, workspace, prefix, options)
     if run.get("list_id") and not run.get("dry_run"):
         asyncio.run(_check_list(run))
@@ -144,48 +163,90 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     source = _source_store(run)
     reader.check_unchanged(source)
     mapper = _mapper(run, reader.plan["columns"])
-    keys_by_locator: dict[str, int] = {}
-    warnings = 0
+    subscribing = run.get("mode") == "subscribe"
+    now = datetime.now(UTC)
+    emails_by_locator: dict[str, str] = {}
+    consenting: list[tuple[str, SubscribeProfile]] = []
+    counts = {"warnings": 0, "not_consented": 0}
 
     def profiles():
-        nonlocal warnings
         for locator, row, email in reader.iter_unit(source, unit):
             profile, warning = mapper.profile_json(row, email)
-            warnings += warning is not None
-            keys_by_locator[locator] = email_key(email)
+            if subscribing:
+                consented, consented_at, consent_warning = mapper.consent_of(row, now)
+                warning = warning or consent_warning
+                if consented:
+                    consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
+                else:
+                    counts["not_consented"] += 1
+            counts["warnings"] += warning is not None
+            emails_by_locator[locator] = email
             yield locator, profile
 
     builder = BatchBuilder()
     batches = list(builder.build(profiles()))
-    rejected = [{**_split_locator(r.locator), "reason": r.detail} for r in builder.rejects]
     width = max(1, run.get("wave_width", 1))
-    jobs, record = asyncio.run(_submit(run, batches, share=1.0 / width))
+    jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting, share=1.0 / width))
     for job in record["jobs"]:
-        job["keys"] = [keys_by_locator[loc] for loc in job["locators"]]
-    rejected += record["rejected"]
-    record["rejected"] = rejected
-    record["rejected_keys"] = [keys_by_locator[f"{r['partition']}:{r['row']}"] for r in rejected]
+        job["emails"] = [emails_by_locator[loc] for loc in job["locators"]]
+    record["rejected_emails"] = [emails_by_locator[f"{r['partition']}:{r['row']}"] for r in record["rejected"]]
     workspace.write_bytes(f"{prefix}push/{index:06d}.json", orjson.dumps(record))
     return {
         "unit": index,
         "jobs": jobs,
         "submitted": sum(j["total"] for j in jobs),
-        "rejected": len(rejected),
-        "warnings": warnings,
+        "rejected": len(record["rejected"]),
+        "warnings": counts["warnings"],
+        "subscribed": record["subscribed"],
+        "not_consented": counts["not_consented"],
     }
 
 
-async def _submit(run: dict, batches, share: float) -> tuple[list[dict], dict]:
+async def _submit(run: dict, batches, oversize, consenting, share: float) -> tuple[list[dict], dict]:
     jobs: list[dict] = []
-    record: dict = {"jobs": [], "rejected": []}
+    refused = list(oversize)
+    record: dict = {"jobs": [], "subscribed": 0}
     async with _client(run, share) as client:
         for batch in batches:
             result = await client.submit_import_job(batch, run["list_id"])
-            record["rejected"] += [{**_split_locator(r.locator), "reason": r.detail} for r in result.rejected]
+            refused += result.rejected
             if result.job_id:
                 jobs.append({"id": result.job_id, "total": result.submitted})
                 record["jobs"].append({"id": result.job_id, "locators": list(result.locators)})
+        record["rejected"] = [{**_split_locator(r.locator), "reason": r.detail} for r in refused]
+        if consenting:
+            # Only people whose consent the export records, and whose profile Klaviyo took.
+            refused_at = {r.locator for r in refused}
+            ok = [profile for locator, profile in consenting if locator not in refused_at]
+            await client.subscribe_profiles(run["list_id"], ok, custom_source=SUBSCRIBE_SOURCE)
+            record["subscribed"] = len(ok)
     return jobs, record
+
+
+# -- mirror: remove who left the segment --------------------------------------------------------------
+
+
+@fatal_as_result
+def remove_departed(run: dict) -> dict:
+    """Take out of the list the profiles this app put there earlier that left the segment (planned, and
+    checked against the mass-removal guard, by `plan`). Ids are looked up by email; 1,000 removed a call."""
+    workspace, prefix = _workspace(run)
+    gone = np.frombuffer(workspace.read_bytes(f"{prefix}remove.bin"), np.uint64)
+    state_store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
+    state = load_state(state_store, state_prefix)
+    emails = load_state_emails(state_store, state_prefix)
+    if state is None or not len(gone):
+        return {"removed": 0, "not_found": 0}
+    pos = np.searchsorted(state.keys["e"], gone)
+    wanted = [emails[i] for i in pos.tolist() if i < len(emails) and emails[i]]
+
+    async def go() -> dict:
+        async with _client(run) as client:
+            ids = await client.lookup_profile_ids(wanted)
+            await client.remove_list_members(run["list_id"], list(ids.values()))
+            return {"removed": len(ids), "not_found": len(wanted) - len(ids)}
+
+    return asyncio.run(go())
 
 
 # -- check jobs ------------------------------------------------------------------------------------
@@ -232,6 +293,7 @@ def finish(run: dict, outcome: dict) -> dict:
         status="failed" if outcome.get("error") else "succeeded",
         dry_run=bool(run.get("dry_run")),
         mode=run.get("mode", "upsert"),
+        mass_removal_override=bool((run.get("mirror") or {}).get("allow_mass_removal")),
         list_id=run.get("list_id"),
         source=planned.get("source"),
         entity=planned.get("entity"),
@@ -245,21 +307,26 @@ def finish(run: dict, outcome: dict) -> dict:
     )
     report.profiles_submitted = planned.get("profiles_to_send", 0) if planned else 0
     lines: list[bytes] = []
-    excluded: set[int] = set()
+    excluded: set[str] = set()
+    sent_emails: list[str] = []
     if planned:
         workspace, prefix = _workspace(run)
         if workspace.exists(planned["rejects_file"]):
             lines.append(workspace.read_bytes(planned["rejects_file"]).rstrip(b"\n"))
         if not report.dry_run:
             pushes = outcome.get("pushes") or []
-            failures, excluded = asyncio.run(_collect_failures(run, workspace, prefix, pushes, jobs))
+            failures, excluded, sent_emails = asyncio.run(_collect_failures(run, workspace, prefix, pushes, jobs))
             report.profiles_failed = len(failures)
             report.failures_sample = failures[:FAILURES_SAMPLE]
             lines += [orjson.dumps(f) for f in failures]
             report.jobs = [JobSummary(**{k: j[k] for k in ("id", "status", "total", "completed", "failed")})
                            for j in jobs.values()]  # fmt: skip
             report.profiles_imported = sum(j["completed"] for j in jobs.values())
-            report.warnings = sum(p.get("warnings", 0) for p in outcome.get("pushes") or [])
+            pushes = outcome.get("pushes") or []
+            report.warnings = sum(p.get("warnings", 0) for p in pushes)
+            report.profiles_subscribed = sum(p.get("subscribed", 0) for p in pushes)
+            report.profiles_not_consented = sum(p.get("not_consented", 0) for p in pushes)
+            report.profiles_removed = (outcome.get("removal") or {}).get("removed", 0)
     else:
         report.profiles_submitted = 0
     if report.status != "failed" and report.profiles_failed:
@@ -267,7 +334,7 @@ def finish(run: dict, outcome: dict) -> dict:
     reports.write_bytes(rejects_name, b"\n".join(line for line in lines if line) + b"\n")
     report.rejects_file = rejects_name
     if planned and report.status != "failed" and not report.dry_run:
-        _commit(run, planned, excluded)
+        _commit(run, planned, excluded, sent_emails)
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:
@@ -281,25 +348,28 @@ def finish(run: dict, outcome: dict) -> dict:
 
 async def _collect_failures(
     run: dict, workspace: ObjectStore, prefix: str, pushes: list[dict], jobs: dict
-) -> tuple[list[dict], set]:
+) -> tuple[list[dict], set[str], list[str]]:
     """Every profile that did not make it: stripped on a 400, reported on any page of a job's import
-    errors, or in a job that never completed. Returns them (with locators) and their email keys."""
+    errors, or in a job that never completed. Returns them (with locators), their emails, and the emails of
+    every profile sent."""
     failures: list[dict] = []
-    excluded: set[int] = set()
+    excluded: set[str] = set()
+    sent: list[str] = []
     # Only the pushes this run's orchestration recorded (a retried push overwrote its own record).
     units = sorted({p["unit"] for p in pushes})
     records = [orjson.loads(workspace.read_bytes(f"{prefix}push/{i:06d}.json")) for i in units]
     async with _client(run) as client:
         for record in records:
             failures += [{**r, "kind": "failed"} for r in record["rejected"]]
-            excluded.update(record.get("rejected_keys", []))
+            excluded.update(record.get("rejected_emails", []))
             for job in record["jobs"]:
+                sent += job["emails"]
                 state = jobs.get(job["id"])
                 if state is None or state["status"] != "complete":
                     status = state["status"] if state else "unknown"
-                    for loc, key in zip(job["locators"], job["keys"], strict=True):
+                    for loc, email in zip(job["locators"], job["emails"], strict=True):
                         failures.append({**_split_locator(loc), "reason": f"import job {status}", "kind": "failed"})
-                        excluded.add(key)
+                        excluded.add(email)
                     continue
                 if not state["failed"]:
                     continue
@@ -308,13 +378,39 @@ async def _collect_failures(
                         continue
                     reason = err.detail or err.title or err.code
                     failures.append({**_split_locator(job["locators"][err.index]), "reason": reason, "kind": "failed"})
-                    excluded.add(job["keys"][err.index])
-    return failures, excluded
+                    excluded.add(job["emails"][err.index])
+    return failures, excluded, sent
 
 
-def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
+def _commit(run: dict, planned: dict, excluded: set[str], sent: list[str]) -> None:
+    """The new state: every profile of this export as planned, less those Klaviyo did not confirm (so they
+    are sent again next run). Emails come from this run's pushes, or from the last state when unchanged."""
     workspace, prefix = _workspace(run)
+    store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
     keys = np.frombuffer(workspace.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
     if excluded:
-        keys = keys[~np.isin(keys["e"], np.fromiter(excluded, np.uint64, len(excluded)))]
-    commit_state(open_store(run["state"]["store"]), run["state"]["prefix"], keys, planned["mapping_key"], run["run_id"])
+        drop = np.fromiter((email_key(e) for e in excluded), np.uint64, len(excluded))
+        keys = keys[~np.isin(keys["e"], drop)]
+    sent_keys = np.fromiter((email_key(e) for e in sent), np.uint64, len(sent))
+    order = np.argsort(sent_keys)
+    sources = [(sent_keys[order], [sent[i] for i in order.tolist()])]
+    old = load_state(store, state_prefix)
+    if old is not None:
+        sources.append((old.keys["e"], load_state_emails(store, state_prefix)))
+    emails = _emails_for(keys["e"], sources)
+    commit_state(store, state_prefix, keys, emails, planned["mapping_key"], run["run_id"])
+
+
+def _emails_for(wanted: np.ndarray, sources: list[tuple[np.ndarray, list[str]]]) -> list[str]:
+    """The email of each wanted key, from the first source (sorted keys, emails) that has it."""
+    out = [""] * len(wanted)
+    missing = np.ones(len(wanted), bool)
+    for keys, emails in sources:
+        if not len(keys) or len(emails) != len(keys):
+            continue
+        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = np.flatnonzero(missing & (keys[pos] == wanted))
+        for i, j in zip(hit.tolist(), pos[hit].tolist(), strict=True):
+            out[i] = emails[j]
+        missing[hit] = False
+    return out

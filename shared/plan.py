@@ -56,6 +56,8 @@ class PlanOptions:
     max_profiles: int | None = None
     full_resync: bool = False
     state: SyncState | None = None
+    mirror_share: float | None = None  # mirror mode: refuse removing more than this share of managed profiles
+    allow_mass_removal: bool = False
 
 
 def _locator(part: Partition, row: int) -> dict:
@@ -189,7 +191,10 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
             "nothing was sent"
         )
     units = _units(bits, starts, opts.unit_profiles)
+    to_remove = _mirror_removals(opts, state, keys_file, unique) if opts.mirror_share is not None else None
     _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, rejects)
+    if to_remove is not None:
+        workspace.write_bytes(f"{prefix}remove.bin", to_remove.astype("<u8").tobytes())
     spill.close()
 
     return {
@@ -203,11 +208,31 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         "profiles_unchanged": unique - to_send,
         "chunks": len(chunks),
         "units": units,
+        "profiles_to_remove": 0 if to_remove is None else len(to_remove),
         "rejects_sample": rejects.sample,
         "rejects_file": f"{prefix}rejects.ndjson",
         "mapping_key": mapper.mapping_key,
         "plan_s": round(time.monotonic() - started, 3),
     }
+
+
+def _mirror_removals(opts: PlanOptions, state: SyncState | None, keys_file, unique: int) -> np.ndarray:
+    """Email keys this app put in the list earlier that are not in the segment any more; refused as a whole
+    when they are more than the allowed share of what the app manages in the list (a broken or truncated
+    export must not empty a list)."""
+    if state is None or len(state.keys) == 0:
+        return np.empty(0, np.uint64)
+    keys_file.seek(0)
+    current = np.frombuffer(keys_file.read(), KEYS_DTYPE)["e"]
+    gone = state.keys["e"][~np.isin(state.keys["e"], current, assume_unique=True)]
+    share = len(gone) / len(state.keys)
+    if share > opts.mirror_share and not opts.allow_mass_removal:
+        raise ExportError(
+            f"mirror run refused: it would remove {len(gone):,} of the {len(state.keys):,} profiles this app "
+            f"manages in the list ({share:.0%}, over the limit of {opts.mirror_share:.0%}); nothing was changed. "
+            "If the segment really shrank, run again with the mass-removal override"
+        )
+    return gone
 
 
 def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from operator import itemgetter
 
 import orjson
@@ -94,6 +95,7 @@ class ProfileMapper:
     columns: list[str]
     email_field: str
     field_mappings: dict[str, str] = field(default_factory=dict)
+    consent: dict | None = None  # subscribe mode: consent_field, consent_values, consented_at_field
 
     def __post_init__(self) -> None:
         index = {name: i for i, name in enumerate(self.columns)}
@@ -124,7 +126,20 @@ class ProfileMapper:
                 self.properties.append((index[src], tail))
             else:
                 self.top.append((index[src], head))
-        content = sorted({index[src] for src in self.field_mappings})
+        self.consent_index = self.consented_at_index = None
+        self.consent_values: set[str] = set()
+        if self.consent:
+            for key in ("consent_field", "consented_at_field"):
+                col = self.consent.get(key)
+                if col is not None and col not in index:
+                    raise ConfigError(f"{key.replace('_', ' ')} {col!r} is not a column of the export")
+            self.consent_index = index[self.consent["consent_field"]]
+            at = self.consent.get("consented_at_field")
+            self.consented_at_index = index[at] if at else None
+            self.consent_values = {str(v).strip().lower() for v in self.consent.get("consent_values") or []}
+        # The fingerprint covers what is sent: mapped fields, and in subscribe mode the consent fields.
+        consent_columns = {i for i in (self.consent_index, self.consented_at_index) if i is not None}
+        content = sorted({index[src] for src in self.field_mappings} | consent_columns)
         if not content:
             self._content = lambda row: ()
         elif len(content) == 1:
@@ -133,7 +148,7 @@ class ProfileMapper:
         else:
             self._content = itemgetter(*content)
         # Sync state records the mapping it was made under: a changed mapping resends everyone.
-        mapping = [self.email_field, sorted(self.field_mappings.items())]
+        mapping = [self.email_field, sorted(self.field_mappings.items()), self.consent or {}]
         self.mapping_key = xxhash.xxh3_64_hexdigest(orjson.dumps(mapping))
 
     def content(self, row: list[str]) -> tuple[str, ...]:
@@ -168,6 +183,25 @@ class ProfileMapper:
             if props:
                 attrs["properties"] = props
         return attrs, warning
+
+    def consent_of(self, row: list[str], now: datetime) -> tuple[bool, str | None, str | None]:
+        """(consented, consented_at as ISO text or None, warning). Nobody is subscribed without a consent
+        value the export names; a consented-at that is malformed or in the future is left out (the
+        subscription is then not a historical import) with a warning."""
+        if self.consent_index is None or row[self.consent_index].strip().lower() not in self.consent_values:
+            return False, None, None
+        if self.consented_at_index is None or not row[self.consented_at_index].strip():
+            return True, None, None
+        raw = row[self.consented_at_index].strip()
+        try:
+            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return True, None, "consented-at is not an ISO 8601 date; subscribed without it"
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if when > now:
+            return True, None, "consented-at is in the future; subscribed without it"
+        return True, when.isoformat(), None
 
     def profile_json(self, row: list[str], email: str) -> tuple[bytes, str | None]:
         """The JSON:API profile resource, serialised (what a bulk import body is assembled from)."""

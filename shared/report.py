@@ -36,6 +36,8 @@ class RunReport(BaseModel):
     profiles_failed: int = 0
     profiles_removed: int = 0
     profiles_subscribed: int = 0
+    profiles_not_consented: int = 0
+    mass_removal_override: bool = False
     warnings: int = 0
     jobs: list[JobSummary] = Field(default_factory=list)
     rejects_sample: list[dict] = Field(default_factory=list)

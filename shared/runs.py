@@ -45,6 +45,7 @@ def build_run(
     reports_store: dict | None = None,
     klaviyo_base_url: str | None = None,
     rate_limits: bool = True,
+    allow_mass_removal: bool = False,
 ) -> dict:
     """The orchestration's input: small, and holding no secret (only the Key Vault secret's name)."""
     conn.require_accepted()
@@ -62,7 +63,16 @@ def build_run(
             "root_parts": root_parts if root_parts is not None else [cfg.source.container],
             "entity": cfg.source.entity,
         },
-        "mapping": {"email_field": cfg.email_field, "field_mappings": dict(cfg.field_mappings)},
+        "mapping": {
+            "email_field": cfg.email_field,
+            "field_mappings": dict(cfg.field_mappings),
+            "consent": cfg.subscribe.model_dump() if cfg.mode == "subscribe" and cfg.subscribe else None,
+        },
+        "mirror": (
+            {"max_removal_share": cfg.mirror.max_removal_share, "allow_mass_removal": allow_mass_removal}
+            if cfg.mode == "mirror" and cfg.mirror
+            else None
+        ),
         "workspace": {
             "store": workspace_store or blob_store("app", settings.workspace_container),
             "prefix": f"runs/{cfg.name}/{run_id}/",

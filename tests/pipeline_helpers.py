@@ -45,3 +45,35 @@ def run_cli(tmp: Path, source: str | Path, list_id: str, url: str, *extra: str, 
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     body = orjson.loads(report.read_bytes()) if report.exists() else None
     return proc.returncode, body, proc.stderr
+
+
+def consent_by_email(url: str, emails: list[str]) -> dict[str, dict]:
+    """Email marketing consent (SUBSCRIBED / NEVER_SUBSCRIBED and its timestamp) as Klaviyo records it."""
+    import httpx
+
+    headers = {"Authorization": f"Klaviyo-API-Key {EMULATOR_KEY}", "revision": "2026-07-15"}
+    out = {}
+    for i in range(0, len(emails), 100):
+        chunk = emails[i : i + 100]
+        params = {
+            "filter": f"any(email,{orjson.dumps(chunk).decode()})",
+            "additional-fields[profile]": "subscriptions",
+            "page[size]": 100,
+        }
+        doc = httpx.get(f"{url}/api/profiles", params=params, headers=headers).json()
+        for p in doc["data"]:
+            out[p["attributes"]["email"]] = p["attributes"]["subscriptions"]["email"]["marketing"]
+    return out
+
+
+def add_outsider(url: str, list_id: str, email: str) -> None:
+    """Someone added to the list by another tool: mirror mode must never touch them."""
+    from shared.klaviyo.batching import ImportBatch, serialize_profile
+
+    async def go():
+        async with KlaviyoClient(EMULATOR_KEY, url) as client:
+            batch = ImportBatch.of([("outsider", serialize_profile({"email": email}))])
+            result = await client.submit_import_job(batch, list_id)
+            assert result.job_id
+
+    asyncio.run(go())

@@ -1,0 +1,81 @@
+"""Mirror and consent-aware subscribe runs end to end against the emulator, reading Klaviyo back."""
+
+from __future__ import annotations
+
+from localdev.sample import email_for
+from shared.storage import LocalStore
+from tests.pipeline_helpers import add_outsider, consent_by_email, list_emails, new_list, run_cli
+from tests.readers import write_cdm
+
+COLS = ["CustomerId", "Email", "Consent", "ConsentedAt"]
+
+
+def _export(tmp_path, ids, consent=lambda i: ("", "")):
+    store = LocalStore(tmp_path / "src")
+    lines = []
+    for i in ids:
+        value, at = consent(i)
+        lines.append(f'"{i}","{email_for(i)}","{value}","{at}"')
+    return tmp_path / "src" / write_cdm(store, COLS, {"p.csv": ("\n".join(lines) + "\n").encode()})
+
+
+def test_mirror_removes_who_left_and_guards_against_mass_removal(tmp_path, emulator_url):
+    list_id = new_list(emulator_url)
+    source = _export(tmp_path, range(1_000))
+    code, first, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "mirror")
+    assert code == 0, err
+    assert (first["profiles_submitted"], first["profiles_removed"]) == (1_000, 0)
+    add_outsider(emulator_url, list_id, "someone-else@example.org")
+
+    _export(tmp_path, range(100, 1_000))  # 100 left the segment: 10%, under the 30% guard
+    code, second, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "mirror")
+    assert code == 0, err
+    assert second["profiles_removed"] == 100
+    assert second["profiles_submitted"] == 0 and second["profiles_unchanged"] == 900
+    members = {email_for(i) for i in range(100, 1_000)} | {"someone-else@example.org"}
+    assert list_emails(emulator_url, list_id) == members
+
+    _export(tmp_path, range(100, 500))  # 500 of 900 would go: refused before anything changes
+    code, refused, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "mirror")
+    assert code == 1
+    assert refused["status"] == "failed" and "mirror run refused" in refused["error"]
+    assert "nothing was changed" in err
+    assert list_emails(emulator_url, list_id) == members
+
+    code, forced, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "mirror", "--allow-mass-removal")
+    assert code == 0, err
+    assert forced["profiles_removed"] == 500 and forced["mass_removal_override"] is True
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(100, 500)} | {"someone-else@example.org"}
+
+
+def test_subscribe_only_those_with_recorded_consent(tmp_path, emulator_url):
+    cases = {
+        0: ("yes", "2024-05-01T10:00:00Z"),  # consent, with when: historical import
+        1: ("Yes", ""),  # consent, no timestamp
+        2: ("no", "2024-05-01T10:00:00Z"),  # no consent
+        3: ("", ""),  # missing
+        4: ("yes", "not a date"),  # consent, malformed timestamp: subscribed without it, warned
+        5: ("yes", "2999-01-01T00:00:00Z"),  # consent, timestamp in the future: subscribed without it, warned
+        6: ("maybe", ""),  # a value that does not mean consent
+    }
+    list_id = new_list(emulator_url)
+    source = _export(tmp_path, cases, consent=lambda i: cases[i])
+    args = ["--mode", "subscribe", "--consent-field", "Consent", "--consent-values", "yes"]
+    code, report, err = run_cli(tmp_path, source, list_id, emulator_url, *args, "--consented-at-field", "ConsentedAt")
+    assert code == 0, err
+    assert (report["profiles_subscribed"], report["profiles_not_consented"]) == (4, 3)
+    assert report["warnings"] == 2
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in cases}
+    consent = consent_by_email(emulator_url, [email_for(i) for i in cases])
+    subscribed = {i for i in cases if consent[email_for(i)]["consent"] == "SUBSCRIBED"}
+    assert subscribed == {0, 1, 4, 5}
+    assert consent[email_for(0)]["consent_timestamp"].startswith("2024-05-01T10:00:00")
+
+
+def test_subscribe_is_refused_without_a_consent_field(tmp_path, emulator_url):
+    list_id = new_list(emulator_url)
+    source = _export(tmp_path, range(3))
+    code, _, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "subscribe")
+    assert code == 2
+    assert "consent" in err and "Traceback" not in err
+    assert list_emails(emulator_url, list_id) == set()
