@@ -80,15 +80,13 @@ def load_state_emails(store: ObjectStore, prefix: str) -> list[str]:
     """The emails of the state's profiles, in keys.bin's order (mirror mode looks up ids by email)."""
     if not store.exists(f"{prefix}emails.txt"):
         return []
-    return store.read_bytes(f"{prefix}emails.txt").decode().split("\n")
+    return store.read_bytes(f"{prefix}emails.txt").decode().split("\n")[:-1]
 
 
-def commit_state(
-    store: ObjectStore, prefix: str, keys: np.ndarray, emails: list[str], mapping_key: str, run_id: str
-) -> None:
-    """Data first, then meta.json, which names the run that wrote it."""
+def commit_state(store: ObjectStore, prefix: str, keys: np.ndarray, emails: bytes, mapping_key: str, run_id: str):
+    """Data first, then meta.json, which names the run that wrote it. emails: one a line, in keys' order."""
     store.write_bytes(f"{prefix}keys.bin", keys.tobytes())
-    store.write_bytes(f"{prefix}emails.txt", "\n".join(emails).encode())
+    store.write_bytes(f"{prefix}emails.txt", emails)
     meta = {"mapping_key": mapping_key, "profiles": len(keys), "run_id": run_id, "at": datetime.now(UTC)}
     store.write_bytes(f"{prefix}meta.json", orjson.dumps(meta))
 
@@ -188,8 +186,8 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     width = max(1, run.get("wave_width", 1))
     jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting, share=1.0 / width))
     for job in record["jobs"]:
-        job["emails"] = [emails_by_locator[loc] for loc in job["locators"]]
-    record["rejected_emails"] = [emails_by_locator[f"{r['partition']}:{r['row']}"] for r in record["rejected"]]
+        job["keys"] = [email_key(emails_by_locator[loc]) for loc in job["locators"]]
+    record["rejected_keys"] = [email_key(emails_by_locator[f"{r['partition']}:{r['row']}"]) for r in record["rejected"]]
     workspace.write_bytes(f"{prefix}push/{index:06d}.json", orjson.dumps(record))
     return {
         "unit": index,
@@ -307,15 +305,14 @@ def finish(run: dict, outcome: dict) -> dict:
     )
     report.profiles_submitted = planned.get("profiles_to_send", 0) if planned else 0
     lines: list[bytes] = []
-    excluded: set[str] = set()
-    sent_emails: list[str] = []
+    excluded: set[int] = set()
     if planned:
         workspace, prefix = _workspace(run)
         if workspace.exists(planned["rejects_file"]):
             lines.append(workspace.read_bytes(planned["rejects_file"]).rstrip(b"\n"))
         if not report.dry_run:
             pushes = outcome.get("pushes") or []
-            failures, excluded, sent_emails = asyncio.run(_collect_failures(run, workspace, prefix, pushes, jobs))
+            failures, excluded = asyncio.run(_collect_failures(run, workspace, prefix, pushes, jobs))
             report.profiles_failed = len(failures)
             report.failures_sample = failures[:FAILURES_SAMPLE]
             lines += [orjson.dumps(f) for f in failures]
@@ -334,7 +331,7 @@ def finish(run: dict, outcome: dict) -> dict:
     reports.write_bytes(rejects_name, b"\n".join(line for line in lines if line) + b"\n")
     report.rejects_file = rejects_name
     if planned and report.status != "failed" and not report.dry_run:
-        _commit(run, planned, excluded, sent_emails)
+        _commit(run, planned, excluded)
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:
@@ -348,28 +345,25 @@ def finish(run: dict, outcome: dict) -> dict:
 
 async def _collect_failures(
     run: dict, workspace: ObjectStore, prefix: str, pushes: list[dict], jobs: dict
-) -> tuple[list[dict], set[str], list[str]]:
+) -> tuple[list[dict], set[int]]:
     """Every profile that did not make it: stripped on a 400, reported on any page of a job's import
-    errors, or in a job that never completed. Returns them (with locators), their emails, and the emails of
-    every profile sent."""
+    errors, or in a job that never completed. Returns them (with locators) and their email keys."""
     failures: list[dict] = []
-    excluded: set[str] = set()
-    sent: list[str] = []
+    excluded: set[int] = set()
     # Only the pushes this run's orchestration recorded (a retried push overwrote its own record).
     units = sorted({p["unit"] for p in pushes})
-    records = [orjson.loads(workspace.read_bytes(f"{prefix}push/{i:06d}.json")) for i in units]
     async with _client(run) as client:
-        for record in records:
+        for unit in units:
+            record = orjson.loads(workspace.read_bytes(f"{prefix}push/{unit:06d}.json"))
             failures += [{**r, "kind": "failed"} for r in record["rejected"]]
-            excluded.update(record.get("rejected_emails", []))
+            excluded.update(record.get("rejected_keys", []))
             for job in record["jobs"]:
-                sent += job["emails"]
                 state = jobs.get(job["id"])
                 if state is None or state["status"] != "complete":
                     status = state["status"] if state else "unknown"
-                    for loc, email in zip(job["locators"], job["emails"], strict=True):
+                    for loc in job["locators"]:
                         failures.append({**_split_locator(loc), "reason": f"import job {status}", "kind": "failed"})
-                        excluded.add(email)
+                    excluded.update(job["keys"])
                     continue
                 if not state["failed"]:
                     continue
@@ -378,39 +372,20 @@ async def _collect_failures(
                         continue
                     reason = err.detail or err.title or err.code
                     failures.append({**_split_locator(job["locators"][err.index]), "reason": reason, "kind": "failed"})
-                    excluded.add(job["emails"][err.index])
-    return failures, excluded, sent
+                    excluded.add(job["keys"][err.index])
+    return failures, excluded
 
 
-def _commit(run: dict, planned: dict, excluded: set[str], sent: list[str]) -> None:
-    """The new state: every profile of this export as planned, less those Klaviyo did not confirm (so they
-    are sent again next run). Emails come from this run's pushes, or from the last state when unchanged."""
+def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
+    """The new state: every profile of this export as planned (keys and emails from the plan), less those
+    Klaviyo did not confirm, so that they are sent again next run."""
     workspace, prefix = _workspace(run)
     store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
     keys = np.frombuffer(workspace.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
+    emails = workspace.read_bytes(f"{prefix}emails.txt")
     if excluded:
-        drop = np.fromiter((email_key(e) for e in excluded), np.uint64, len(excluded))
-        keys = keys[~np.isin(keys["e"], drop)]
-    sent_keys = np.fromiter((email_key(e) for e in sent), np.uint64, len(sent))
-    order = np.argsort(sent_keys)
-    sources = [(sent_keys[order], [sent[i] for i in order.tolist()])]
-    old = load_state(store, state_prefix)
-    if old is not None:
-        sources.append((old.keys["e"], load_state_emails(store, state_prefix)))
-    emails = _emails_for(keys["e"], sources)
+        keep = ~np.isin(keys["e"], np.fromiter(excluded, np.uint64, len(excluded)))
+        lines = emails.split(b"\n")
+        emails = b"".join(line + b"\n" for line, k in zip(lines, keep.tolist(), strict=False) if k)
+        keys = keys[keep]
     commit_state(store, state_prefix, keys, emails, planned["mapping_key"], run["run_id"])
-
-
-def _emails_for(wanted: np.ndarray, sources: list[tuple[np.ndarray, list[str]]]) -> list[str]:
-    """The email of each wanted key, from the first source (sorted keys, emails) that has it."""
-    out = [""] * len(wanted)
-    missing = np.ones(len(wanted), bool)
-    for keys, emails in sources:
-        if not len(keys) or len(emails) != len(keys):
-            continue
-        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        hit = np.flatnonzero(missing & (keys[pos] == wanted))
-        for i, j in zip(hit.tolist(), pos[hit].tolist(), strict=True):
-            out[i] = emails[j]
-        missing[hit] = False
-    return out

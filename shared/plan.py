@@ -6,7 +6,8 @@ Bulk results go to the run's workspace (an ObjectStore prefix); the function ret
 fits in durable history:
 - plan.json   partitions, columns, chunks (partition, byte range, first record number, first row id)
 - send.bits   one bit per row id: send this row (numpy packbits)
-- keys.npy    email key, content fingerprint of every unique valid profile (for committing sync state)
+- keys.bin    email key, content fingerprint of every unique valid profile, sorted by key (for sync state)
+- emails.txt  their emails, one a line in the same order (mirror mode looks up profile ids by email)
 - rejects.ndjson  every rejected or duplicate row with its partition, row number and reason
 """
 
@@ -125,7 +126,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                 ekeys = [xxh(e) for e in emails]
                 ckeys = [xxh(e + "\x1f" + "\x1f".join(content(r))) for e, r in zip(emails, rows, strict=True)]
             else:
-                gids, ekeys, ckeys = [], [], []
+                gids, ekeys, ckeys, emails = [], [], [], []
                 for offset, row in enumerate(rows):
                     if len(row) != width:
                         if row:  # a blank line is not a row
@@ -140,13 +141,14 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                             rejects.add(part, row_no + offset, problem)
                             continue
                     gids.append(base + offset)
+                    emails.append(email)
                     ekeys.append(xxh(email))
                     ckeys.append(xxh(email + "\x1f" + "\x1f".join(content(row))))
             next_gid += len(block.rows)
             chunk[2] = block.end
             chunk[5] += len(block.rows)
             if ekeys:
-                spill.add(gids, ekeys, ckeys)
+                spill.add(gids, ekeys, ckeys, emails)
             if chunk[5] >= opts.chunk_rows:
                 chunk = None
             if progress:
@@ -162,9 +164,9 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     state = opts.state
     use_state = not opts.full_resync and state is not None and state.mapping_key == mapper.mapping_key
     unique = duplicates = to_send = 0
-    keys_file = spill.temporary_file()
+    keys_file, emails_file = spill.temporary_file(), spill.temporary_file()
     starts = np.array([c[4] for c in chunks], np.uint64)
-    for lo, hi, rec in spill.buckets():
+    for lo, hi, rec, emails in spill.buckets():
         n = len(rec)
         _, first_in_reversed = np.unique(rec["e"][::-1], return_index=True)
         keep = np.sort(n - 1 - first_in_reversed)
@@ -173,7 +175,8 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
             dup[keep] = False
             _record_duplicates(rec["g"][dup], starts, chunks, source.partitions, rejects)
             duplicates += n - len(keep)
-        kept = np.sort(rec[keep], order="e")
+        by_key = keep[np.argsort(rec["e"][keep], kind="stable")]
+        kept = rec[by_key]
         unique += len(kept)
         send = np.ones(len(kept), bool)
         if use_state and len(state.keys):
@@ -184,6 +187,8 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         bits[kept["g"][send].astype(np.int64)] = True
         to_send += int(send.sum())
         keys_file.write(np.ascontiguousarray(kept[["e", "c"]]).astype(KEYS_DTYPE).tobytes())
+        if len(by_key):
+            emails_file.write(("\n".join([emails[i] for i in by_key.tolist()]) + "\n").encode())
 
     if opts.max_profiles is not None and unique > opts.max_profiles:
         raise ExportError(
@@ -192,7 +197,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         )
     units = _units(bits, starts, opts.unit_profiles)
     to_remove = _mirror_removals(opts, state, keys_file, unique) if opts.mirror_share is not None else None
-    _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, rejects)
+    _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, emails_file, rejects)
     if to_remove is not None:
         workspace.write_bytes(f"{prefix}remove.bin", to_remove.astype("<u8").tobytes())
     spill.close()
@@ -273,8 +278,9 @@ def _units(bits: np.ndarray, starts: np.ndarray, unit_profiles: int) -> list[lis
 
 
 class _Spill:
-    """Valid rows' (email key, fingerprint, row id), spread over temporary files by the top bits of the email
-    key: about 32 MB of source per bucket, so one bucket at a time fits in memory whatever the export's size."""
+    """Valid rows' (email key, fingerprint, row id) and emails, spread over temporary files by the top bits
+    of the email key: about 32 MB of source per bucket, so one bucket at a time fits in memory whatever the
+    export's size."""
 
     BUCKET_SOURCE_BYTES = 32 * 1024 * 1024
 
@@ -283,44 +289,50 @@ class _Spill:
         self.bits = max(0, int(np.ceil(np.log2(buckets))))
         self._stack = ExitStack()
         count = 1 << self.bits if self.bits else 0
-        self.files = [self.temporary_file() for _ in range(count)]
-        self.memory: list[np.ndarray] = []
+        self.files = [(self.temporary_file(), self.temporary_file()) for _ in range(count)]
+        self.memory: list[tuple[np.ndarray, list[str]]] = []
 
     def temporary_file(self):
         return self._stack.enter_context(tempfile.TemporaryFile())
 
-    def add(self, gids, ekeys: list[int], ckeys: list[int]) -> None:
+    def add(self, gids, ekeys: list[int], ckeys: list[int], emails: list[str]) -> None:
         rec = np.empty(len(ekeys), REC_DTYPE)
         rec["e"], rec["c"], rec["g"] = ekeys, ckeys, gids
         if not self.bits:
-            self.memory.append(rec)
+            self.memory.append((rec, emails))
             return
         bucket = rec["e"] >> np.uint64(64 - self.bits)
         order = np.argsort(bucket, kind="stable")
         rec, bucket = rec[order], bucket[order]
-        bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64))
-        for b, f in enumerate(self.files):
-            if bounds[b] < bounds[b + 1]:
-                f.write(rec[bounds[b] : bounds[b + 1]].tobytes())
+        emails = [emails[i] for i in order.tolist()]
+        bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64)).tolist()
+        for b, (recs, texts) in enumerate(self.files):
+            lo, hi = bounds[b], bounds[b + 1]
+            if lo < hi:
+                recs.write(rec[lo:hi].tobytes())
+                texts.write(("\n".join(emails[lo:hi]) + "\n").encode())
 
     def buckets(self):
-        """(lowest key, highest key, records in row order) per bucket."""
+        """(lowest key, highest key, records in row order, their emails) per bucket."""
         if not self.bits:
-            rec = np.concatenate(self.memory) if self.memory else np.empty(0, REC_DTYPE)
+            rec = np.concatenate([r for r, _ in self.memory]) if self.memory else np.empty(0, REC_DTYPE)
+            emails = [e for _, batch in self.memory for e in batch]
             self.memory = []
-            yield np.uint64(0), np.uint64(2**64 - 1), rec
+            yield np.uint64(0), np.uint64(2**64 - 1), rec, emails
             return
         width = 1 << (64 - self.bits)
-        for b, f in enumerate(self.files):
-            f.seek(0)
-            rec = np.frombuffer(f.read(), REC_DTYPE)
-            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec
+        for b, (recs, texts) in enumerate(self.files):
+            recs.seek(0)
+            texts.seek(0)
+            rec = np.frombuffer(recs.read(), REC_DTYPE)
+            emails = texts.read().decode().split("\n")[:-1] if len(rec) else []
+            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec, emails
 
     def close(self) -> None:
         self._stack.close()
 
 
-def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, rejects) -> None:
+def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, emails_file, rejects) -> None:
     plan = {
         "kind": source.kind,
         "entity": source.entity,
@@ -346,4 +358,6 @@ def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file,
     workspace.write_bytes(f"{prefix}send.bits", np.packbits(bits).tobytes())
     keys_file.seek(0)
     workspace.write_file(f"{prefix}keys.bin", keys_file)
+    emails_file.seek(0)
+    workspace.write_file(f"{prefix}emails.txt", emails_file)
     workspace.write_bytes(f"{prefix}rejects.ndjson", b"\n".join(rejects.lines) + (b"\n" if rejects.lines else b""))

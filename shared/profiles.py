@@ -206,4 +206,6 @@ class ProfileMapper:
     def profile_json(self, row: list[str], email: str) -> tuple[bytes, str | None]:
         """The JSON:API profile resource, serialised (what a bulk import body is assembled from)."""
         attrs, warning = self.attributes(row, email)
-        return orjson.dumps({"type": "profile", "attributes": attrs}), warning
+        # orjson's result keeps a 4 KB allocation whatever its length; a copy holds only what it needs
+        # (10,000 profiles in flight: 3 MB instead of 40 MB).
+        return bytes(bytearray(orjson.dumps({"type": "profile", "attributes": attrs}))), warning

@@ -174,9 +174,12 @@ class BlobStore:
         length = None if end is None else end - start
         if length == 0:
             return
+        # No range for a whole-blob read: a ranged GET of an empty blob fails with 416 (InvalidRange), which
+        # the SDK only handles when no range was asked for.
+        offset = None if start == 0 and length is None else start
         try:
             downloader = self.container.get_blob_client(name).download_blob(
-                offset=start, length=length, max_concurrency=1
+                offset=offset, length=length, max_concurrency=1
             )
         except ResourceNotFoundError:
             raise SourceError(f"not found: {self.describe(name)}") from None
