@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: setup demo test lint checkov pytest bench clean
+.PHONY: setup demo test lint checkov pytest bench clean browser
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PY) >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
@@ -32,15 +32,21 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 checkov: $(CHECKOV_VENV)/.installed
-	$(CHECKOV_VENV)/bin/checkov -d infra --framework bicep --quiet --compact
+	$(CHECKOV_VENV)/bin/checkov -d infra --framework bicep --quiet --compact --skip-download
 
-pytest: setup
+# Debian's Chromium and its driver, for the browser test of the run-history page.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+pytest: setup browser
 	$(BIN)/python -m pytest -q
 
 test: setup lint checkov pytest
 
 bench: setup
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.bench_plan
+	$(BIN)/python -m bench.bench_pipeline
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev

@@ -89,3 +89,9 @@ async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
     return await _guarded(
         api, lambda: api.put_connection(name, req.get_body(), principal_roles(header), principal_name(header))
     )
+
+
+@bp.route(route="history", methods=["GET"])
+async def run_history(req: func.HttpRequest) -> func.HttpResponse:
+    """An HTML page of recent runs per export (function key, like every route here)."""
+    return func.HttpResponse(await _api().history_page(), mimetype="text/html", charset="utf-8")

@@ -20,6 +20,7 @@ from shared.config import (
     validation_errors,
 )
 from shared.errors import ConfigError, ExportError
+from shared.history import RUNS_SHOWN, recent_reports, render_page
 from shared.klaviyo.client import KlaviyoClient
 from shared.klaviyo.errors import KlaviyoError
 from shared.runs import ACTIVE, build_run, instance_id, latest_source
@@ -179,13 +180,17 @@ class Api:
             body["report"] = status.output
         return 200, body
 
-    async def list_runs(self, name: str, limit: int = 20) -> Reply:
+    def _reports(self):
+        return open_store(blob_store("app", self.settings.reports_container), self.settings)
+
+    async def list_runs(self, name: str, limit: int = RUNS_SHOWN) -> Reply:
         self.configs.get_export(name)
-        reports = open_store(blob_store("app", self.settings.reports_container), self.settings)
-        names = [n for n in reports.list(f"runs/{name}/") if n.endswith(".json")]
-        docs = [orjson.loads(reports.read_bytes(n)) for n in names]
-        docs.sort(key=lambda d: d.get("started_at") or "", reverse=True)
-        return 200, docs[:limit]
+        return 200, recent_reports(self._reports(), name, limit)
+
+    async def history_page(self) -> str:
+        """The run history of every configured export, as an HTML page."""
+        reports = self._reports()
+        return render_page({name: recent_reports(reports, name) for name in self.configs.list_export_names()})
 
     # --- connections ---
 
