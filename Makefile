@@ -39,7 +39,7 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
-pytest: setup browser
+pytest: setup browser $(CHECKOV_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 test: setup lint checkov pytest
