@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder")
     sample.add_argument("--rows", type=int, default=100_000)
     sample.add_argument("--partitions", type=int, default=4)
+
+    host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
+    host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
+    host.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs")
+    host.add_argument("--settings", help="a local.settings.json (default: the project's, if present)")
+
+    demo = sub.add_parser("demo", help="Azurite + Klaviyo emulator + local host: a 100,000-profile export end to end")
+    demo.add_argument("--rows", type=int, default=100_000, help="profiles in the generated export")
+    demo.add_argument("--port", type=int, default=7071, help="the local host's port (a free one if it is taken)")
     return parser
 
 
@@ -113,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions)
             print(Path(args.folder) / name)
             return 0
+        if args.command == "host":
+            from localdev.host import serve
+
+            return serve(args.port, args.poll_interval, args.settings)
+        if args.command == "demo":
+            from localdev.demo import run_demo
+
+            return run_demo(rows=args.rows, port=args.port)
         if args.command == "export":
             report = run_full(args)
             if args.report:
@@ -136,4 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # anything unforeseen still ends with one line; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     return 2

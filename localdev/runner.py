@@ -50,10 +50,10 @@ def _source_location(source: str) -> tuple[dict, str, list[str], str]:
 
 
 @contextmanager
-def klaviyo_endpoint(url: str | None, list_id: str) -> Iterator[tuple[str, bool]]:
+def klaviyo_endpoint(url: str | None, list_id: str, dry_run: bool = False) -> Iterator[tuple[str, bool]]:
     """(base URL, rate limits on). With no URL and no key anywhere, run the emulator for this command, with
     the list already there, so a first try needs no Klaviyo account."""
-    if url or os.environ.get(EMULATOR_KEY_ENV) or os.environ.get("KEY_VAULT_URL"):
+    if url or dry_run or os.environ.get(EMULATOR_KEY_ENV) or os.environ.get("KEY_VAULT_URL"):
         yield (url or AppSettings().klaviyo_base_url), True
         return
     from localdev.services import run_emulator
@@ -82,7 +82,12 @@ def run_export(args, on_progress=None) -> dict:
         connection=LOCAL_CONNECTION,
         list_id=args.list_id,
         # Where the source is was resolved above; the configuration's source only matters to blob events.
-        source=SourceConfig(kind=kind, path_prefix="command-line/", entity=args.entity if kind == "cdm" else None),
+        source=SourceConfig(
+            kind=kind,
+            path_prefix="command-line/",
+            entity=args.entity if kind == "cdm" else None,
+            delimiter=args.delimiter,
+        ),
         email_field=args.email_field,
         field_mappings=fields,
         mode=args.mode,
@@ -113,7 +118,7 @@ def run_export(args, on_progress=None) -> dict:
     base_id = instance_id(cfg.name, f"{source_store.describe(name)}", etag)
 
     with ExitStack() as stack:
-        base_url, rate_limits = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id))
+        base_url, rate_limits = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id, args.dry_run))
         run = build_run(
             cfg,
             conn,

@@ -152,6 +152,7 @@ class SourceConfig(_Model):
     path_prefix: str = Field(min_length=1, max_length=1024)
     pattern: str | None = Field(default=None, min_length=1, max_length=256)
     entity: NonBlank | None = Field(default=None, validate_default=True)
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="plain CSV drops only")
 
     @field_validator("path_prefix")
     @classmethod

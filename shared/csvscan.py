@@ -174,6 +174,8 @@ def read_header(store: ObjectStore, name: str, fmt: CsvFormat) -> list[str]:
             header = [c.strip() for c in row]
             if row_has_bad_bytes(header):
                 raise SourceError(f"CSV header is not valid {fmt.encoding}: {store.describe(name)}")
+            if any(ord(ch) < 32 for col in header for ch in col):
+                raise SourceError(f"CSV header holds control characters (binary data?): {store.describe(name)}")
             if any(not c for c in header) or len(set(header)) != len(header):
                 raise SourceError(f"CSV header has empty or repeated column names: {store.describe(name)}")
             return header

@@ -125,7 +125,9 @@ def _split_locator(locator: str) -> dict:
 def plan(run: dict) -> dict:
     """Read the whole source once; fail before anything is sent if it cannot be read whole."""
     src = run["source"]
-    source = open_source(_source_store(run), src["name"], src.get("root_parts") or [], src.get("entity"))
+    source = open_source(
+        _source_store(run), src["name"], src.get("root_parts") or [], src.get("entity"), src.get("delimiter", ",")
+    )
     mapper = _mapper(run, source.columns)
     state = load_state(open_store(run["state"]["store"]), run["state"]["prefix"])
     workspace, prefix = _workspace(run)

@@ -242,9 +242,8 @@ def _mirror_removals(opts: PlanOptions, state: SyncState | None, keys_file, uniq
 
 def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:
     """The slow path of row checks, taken only when the fast check failed or a block needs a closer look."""
-    problem = email_problem(email)
-    if problem is None and bad_utf8 and row_has_bad_bytes(row):
-        problem = f"bytes that are not valid {part.fmt.encoding}"
+    problem = f"bytes that are not valid {part.fmt.encoding}" if bad_utf8 and row_has_bad_bytes(row) else None
+    problem = problem or email_problem(email)
     if problem is None and check_size and sum(map(len, row)) > PROFILE_SIZE_CHECK:
         size = len(mapper.profile_json(row, email)[0])
         if size > MAX_PROFILE_BYTES:

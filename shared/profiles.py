@@ -100,8 +100,13 @@ class ProfileMapper:
     def __post_init__(self) -> None:
         index = {name: i for i, name in enumerate(self.columns)}
         if self.email_field not in index:
+            hint = ""
+            for sep in ";\t|":
+                if any(self.email_field in c.split(sep) for c in self.columns if sep in c):
+                    hint = f"; the file looks {sep!r}-delimited (set the delimiter)"
             raise ConfigError(
-                f"email field {self.email_field!r} is not a column of the export (columns: {', '.join(self.columns)})"
+                f"email field {self.email_field!r} is not a column of the export "
+                f"(columns: {', '.join(self.columns)[:300]}){hint}"
             )
         missing = [src for src in self.field_mappings if src not in index]
         if missing:

@@ -62,6 +62,7 @@ def build_run(
             "name": source_path,
             "root_parts": root_parts if root_parts is not None else [cfg.source.container],
             "entity": cfg.source.entity,
+            "delimiter": cfg.source.delimiter,
         },
         "mapping": {
             "email_field": cfg.email_field,
