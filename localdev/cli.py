@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Azurite + Klaviyo emulator + local host: a 100,000-profile export end to end")
     demo.add_argument("--rows", type=int, default=100_000, help="profiles in the generated export")
     demo.add_argument("--port", type=int, default=7071, help="the local host's port (a free one if it is taken)")
+    demo.add_argument("--keep-running", action="store_true", help="keep everything up after the run, until Ctrl+C")
     return parser
 
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from localdev.demo import run_demo
 
-            return run_demo(rows=args.rows, port=args.port)
+            return run_demo(rows=args.rows, port=args.port, keep_running=args.keep_running)
         if args.command == "export":
             report = run_full(args)
             if args.report:

@@ -50,20 +50,33 @@ def _source_location(source: str) -> tuple[dict, str, list[str], str]:
 
 
 @contextmanager
-def klaviyo_endpoint(url: str | None, list_id: str, dry_run: bool = False) -> Iterator[tuple[str, bool]]:
-    """(base URL, rate limits on). With no URL and no key anywhere, run the emulator for this command, with
-    the list already there, so a first try needs no Klaviyo account."""
+def klaviyo_endpoint(url: str | None, list_id: str, dry_run: bool = False) -> Iterator[tuple[str, str]]:
+    """(base URL, list id). With no URL and no key anywhere, run the emulator for this command, with a list
+    made for the run (named after the given list id), so a first try needs no Klaviyo account."""
     if url or dry_run or os.environ.get(EMULATOR_KEY_ENV) or os.environ.get("KEY_VAULT_URL"):
-        yield (url or AppSettings().klaviyo_base_url), True
+        yield (url or AppSettings().klaviyo_base_url), list_id
         return
+    import asyncio
+
     from localdev.services import run_emulator
+    from shared.klaviyo.client import KlaviyoClient
 
     key = "pk_local_emulator_" + os.urandom(8).hex()
-    with run_emulator(key, "--lists", list_id) as emulator_url:
+
+    async def make_list(base: str) -> str:
+        async with KlaviyoClient(key, base) as client:
+            return await client.create_list(list_id)
+
+    with run_emulator(key) as emulator_url:
         os.environ[EMULATOR_KEY_ENV] = key
-        print(f"no Klaviyo key set: using the Klaviyo emulator at {emulator_url}", file=sys.stderr)
+        emulator_list = asyncio.run(make_list(emulator_url))
+        print(
+            f"no Klaviyo key set: using the Klaviyo emulator at {emulator_url}, list {emulator_list} "
+            f"(named {list_id!r})",
+            file=sys.stderr,
+        )
         try:
-            yield emulator_url, True
+            yield emulator_url, emulator_list
         finally:
             os.environ.pop(EMULATOR_KEY_ENV, None)
 
@@ -118,7 +131,8 @@ def run_export(args, on_progress=None) -> dict:
     base_id = instance_id(cfg.name, f"{source_store.describe(name)}", etag)
 
     with ExitStack() as stack:
-        base_url, rate_limits = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id, args.dry_run))
+        base_url, list_id = stack.enter_context(klaviyo_endpoint(args.klaviyo_url, args.list_id, args.dry_run))
+        cfg.list_id = list_id
         run = build_run(
             cfg,
             conn,
@@ -132,7 +146,6 @@ def run_export(args, on_progress=None) -> dict:
             state_store=local_store(str(state_dir)),
             reports_store=local_store(str(workdir / "reports")),
             klaviyo_base_url=base_url,
-            rate_limits=rate_limits,
             allow_mass_removal=args.allow_mass_removal,
         )
         import function_app

@@ -35,7 +35,7 @@ def row_for(i: int, rng: random.Random, version: int = 0) -> list[str]:
         email_for(i),
         rng.choice(FIRST),
         rng.choice(LAST),
-        f"+1425555{i % 10000:04d}",
+        f"+1425{i % 10_000_000:07d}",  # unique: a phone number identifies a Klaviyo profile too
         rng.choice(CITIES),
         "US",
         TIERS[(i + version) % len(TIERS)],

@@ -71,7 +71,7 @@ def test_cdm_export_with_every_edge_case(tmp_path):
 
 def test_format_settings_header_delimiter_and_defaults(tmp_path):
     store = LocalStore(tmp_path)
-    data = "Id;Email;FirstName\n1;a@x.io;A\n2;b@x.io;B\n".encode()
+    data = b"Id;Email;FirstName\n1;a@x.io;A\n2;b@x.io;B\n"
     model = write_cdm(store, COLS, {"p.csv": data}, settings={"columnHeaders": True, "delimiter": ";"})
     source = load_cdm(store, model, [], None)
     assert source.partitions[0].fmt == CsvFormat(header=True, delimiter=";", quoting=True, encoding="utf-8")
@@ -111,11 +111,11 @@ def test_entity_choice_and_missing_partition(tmp_path):
     write_cdm(store, COLS, {"p.csv": b"1,a@x.io,A\n"}, extra_entities=[other], root="r")
     with pytest.raises(SourceError, match="holds 2 entities"):
         resolve_source_arg(str(tmp_path / "r"))
-    with pytest.raises(SourceError, match="entity 'Nope' not in model.json"):
+    with pytest.raises(SourceError, match=r"entity 'Nope' not in model\.json"):
         resolve_source_arg(str(tmp_path / "r"), entity="Nope")
     assert resolve_source_arg(str(tmp_path / "r"), entity="Seg").entity == "Seg"
     (tmp_path / "r/Seg/2026/11/29/0600/p.csv").unlink()
-    with pytest.raises(SourceError, match="partition 'p.csv' named in model.json cannot be read"):
+    with pytest.raises(SourceError, match=r"partition 'p\.csv' named in model\.json cannot be read"):
         resolve_source_arg(str(tmp_path / "r"), entity="Seg")
 
 
@@ -162,7 +162,7 @@ def test_cdm_export_in_blob_storage(container):
     data = q("1", "a@x.io", "A").encode() + b"\r\n" + q("2", "b@x.io", "B").encode() + b"\r\n"
     model = write_cdm(store, COLS, {"Seg_1.csv": data})
     source = load_cdm(store, model, [container.container_name], None)
-    summary, sent = plan_and_read(source, "Email", BlobStore(container), mappings={"FirstName": "first_name"})
+    _, sent = plan_and_read(source, "Email", BlobStore(container), mappings={"FirstName": "first_name"})
     assert [e for _, e, _ in sent] == ["a@x.io", "b@x.io"]
     assert source.identity.startswith(container.url)
 

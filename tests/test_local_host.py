@@ -1,0 +1,283 @@
+"""The local Functions host (localdev/host.py) in this process, on Azurite and the Klaviyo emulator: function
+metadata, function keys, a run from a blob landing in the segments container to the members of a Klaviyo list,
+a host stopped mid-run and started again, and the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import azure.functions as func
+import httpx
+import orjson
+import pytest
+
+import function_app
+from localdev.host import LocalHost, app_setting_defaults, check_function_metadata
+from localdev.host_client import HostClient, app_settings
+from localdev.sample import email_for, write_ci_export
+from localdev.services import Azurite, run_emulator
+from shared.runs import instance_id
+from shared.storage import BlobStore
+from tests.fixtures.services import EMULATOR_KEY
+from tests.pipeline_helpers import ROOT, list_emails, new_list
+
+FUNCTION_KEY = "test-function-key-0123456789"
+PREFIX = "CustomerInsights_demo/klaviyo-export/"
+MAPPINGS = {"FirstName": "first_name", "City": "location.city", "CustomerId": "external_id"}
+BULK_JOBS = "POST /api/profile-bulk-import-jobs"
+
+
+# -- helpers shared by the host tests (test_blob_trigger.py and test_http_api.py import them) -----------------
+
+
+def host_settings(azurite: Azurite, klaviyo_url: str, **extra: str) -> dict[str, str]:
+    """App settings with containers of their own, so tests sharing one Azurite never meet."""
+    return app_settings(
+        azurite.connection_string,
+        klaviyo_url,
+        EMULATOR_KEY,
+        suffix=uuid.uuid4().hex[:10],
+        function_key=FUNCTION_KEY,
+        **extra,
+    )
+
+
+def new_host(settings: dict[str, str], **kwargs) -> LocalHost:
+    history = "durable-history-" + settings["SEGMENTS_CONTAINER"].rsplit("-", 1)[-1]
+    return LocalHost(port=0, settings=settings, settings_file=None, history_container=history, **kwargs)
+
+
+def export_body(list_id: str, settings: dict[str, str], connection: str = "shop", prefix: str = PREFIX) -> dict:
+    return {
+        "connection": connection,
+        "list_id": list_id,
+        "source": {"container": settings["SEGMENTS_CONTAINER"], "kind": "cdm", "path_prefix": prefix},
+        "email_field": "Email",
+        "field_mappings": MAPPINGS,
+    }
+
+
+def upload_export(azurite: Azurite, settings: dict[str, str], rows: int, **kwargs) -> tuple[str, str]:
+    """A generated Customer Insights export (partitions, then model.json) in the segments container;
+    returns (model.json's name, its ETag)."""
+    container = settings["SEGMENTS_CONTAINER"]
+    store = BlobStore.from_connection_string(azurite.connection_string, container)
+    model = write_ci_export(store, rows, account_url=f"https://contosoci.blob.core.windows.net/{container}", **kwargs)
+    return model, store.info(model).etag
+
+
+def run_id_for(export: str, settings: dict[str, str], model: str, etag: str) -> str:
+    return instance_id(export, f"{settings['SEGMENTS_CONTAINER']}/{model}", etag)
+
+
+def emulator_clock(url: str, **body) -> None:
+    httpx.post(f"{url}/__emulator/clock", json=body).raise_for_status()
+
+
+def bulk_jobs_accepted(url: str) -> int:
+    stats = httpx.get(f"{url}/__emulator/stats").json()
+    return int(stats["endpoints"].get(BULK_JOBS, {}).get("responses", {}).get("202", 0))
+
+
+def in_phase(phase: str):
+    return lambda status: (status.get("progress") or {}).get("phase") == phase
+
+
+@pytest.fixture(scope="module")
+def slow_emulator():
+    """Klaviyo's jobs take 3 s (of the emulator's clock, which a test can freeze); rate limits off."""
+    with run_emulator(EMULATOR_KEY, "--rate-limits", "off", "--job-latency", "3") as url:
+        yield url
+
+
+# -- function metadata ---------------------------------------------------------------------------------------
+
+
+def test_the_apps_function_metadata_passes_the_hosts_checks():
+    environ = {**app_setting_defaults(), "SEGMENTS_STORAGE": "UseDevelopmentStorage=true"}
+    assert check_function_metadata(function_app.app, environ) == []
+    # The app settings a binding names must exist, as the host resolves them when it indexes.
+    assert any("SEGMENTS_CONTAINER" in p for p in check_function_metadata(function_app.app, {}))
+
+
+def test_broken_function_metadata_is_reported():
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+    @app.route(route="open", auth_level=func.AuthLevel.ANONYMOUS)
+    def open_door(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("hi")
+
+    @app.route(route="typo")
+    def renamed(request: func.HttpRequest) -> func.HttpResponse:  # the binding is 'req'
+        return func.HttpResponse("hi")
+
+    @app.blob_trigger(arg_name="blob", path="segments/{name}", connection="")
+    def polled(blob: func.InputStream) -> None:
+        return None
+
+    @app.route(route="open", methods=["GET"])
+    def open_twice(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("hi")
+
+    problems = check_function_metadata(app, {})
+    joined = "\n".join(problems)
+    assert "function 'open_door'" in joined and "anonymous" in joined
+    assert "binding 'req' has no Python parameter" in joined
+    assert "Python parameter 'request' has no binding" in joined
+    assert "function 'polled'" in joined and "no 'connection'" in joined
+    assert "'source' must be \"EventGrid\"" in joined
+    assert "both serve route 'open'" in joined
+
+    class Unreadable:
+        """A function whose JSON the host could not parse."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def get_function_name(self):
+            return "unreadable"
+
+        def get_function_json(self):
+            return '{"bindings": [ {"type": "httpTrigger", '
+
+        def get_user_function(self):
+            return self.inner.get_user_function()
+
+    class FakeApp:
+        functions_bindings = None
+
+        def get_functions(self):
+            return [Unreadable(app.get_functions()[0])]
+
+    problems = check_function_metadata(FakeApp(), {})
+    assert len(problems) == 1
+    assert problems[0].startswith("function 'unreadable': its function JSON does not parse")
+
+
+# -- keys ----------------------------------------------------------------------------------------------------
+
+
+def test_api_routes_need_the_function_key(azurite, emulator_url):
+    with new_host(host_settings(azurite, emulator_url), poll_interval=None) as host:
+        url = host.url("/api/exports")
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, params={"code": "not-the-key"}).status_code == 401
+        assert httpx.get(url, headers={"x-functions-key": "not-the-key"}).status_code == 401
+        assert httpx.get(url, params={"code": FUNCTION_KEY}).status_code == 200
+        assert httpx.get(url, headers={"x-functions-key": FUNCTION_KEY}).json() == []
+        assert httpx.get(host.url("/api/no-such-route"), params={"code": FUNCTION_KEY}).status_code == 404
+        assert httpx.delete(host.url("/api/runs/x"), params={"code": FUNCTION_KEY}).status_code == 404
+
+
+def test_a_random_key_is_made_when_none_is_set(azurite, emulator_url, monkeypatch):
+    monkeypatch.delenv("LOCAL_FUNCTION_KEY", raising=False)
+    settings = host_settings(azurite, emulator_url)
+    del settings["LOCAL_FUNCTION_KEY"]
+    with new_host(settings, poll_interval=None) as host:
+        assert len(host.function_key) >= 32
+        assert httpx.get(host.url("/api/exports"), params={"code": host.function_key}).status_code == 200
+    assert "LOCAL_FUNCTION_KEY" not in os.environ  # the environment is put back on stop
+
+
+def test_settings_come_from_local_settings_json_under_the_environment(tmp_path, azurite, emulator_url, monkeypatch):
+    path = tmp_path / "local.settings.json"
+    values = {**host_settings(azurite, emulator_url), "CSV_PREFIX": "drops/", "PUSH_WAVE_WIDTH": "3"}
+    path.write_text(orjson.dumps({"IsEncrypted": False, "Values": values}).decode())
+    monkeypatch.setenv("PUSH_WAVE_WIDTH", "5")  # the environment wins over the file, as with Core Tools
+    monkeypatch.delenv("CSV_PREFIX", raising=False)
+    monkeypatch.delenv("CHUNK_ROWS", raising=False)
+    explicit = {"LOCAL_FUNCTION_KEY": "explicit-key"}
+    history = "durable-history-" + values["SEGMENTS_CONTAINER"].rsplit("-", 1)[-1]
+    with LocalHost(
+        port=0, settings=explicit, settings_file=path, history_container=history, poll_interval=None
+    ) as host:
+        from shared.settings import get_settings
+
+        applied = get_settings()
+        assert (applied.csv_prefix, applied.push_wave_width) == ("drops/", 5)
+        assert applied.chunk_rows == 10_000 and os.environ["CHUNK_ROWS"] == "10000"  # the app's own default
+        assert applied.reports_container == values["REPORTS_CONTAINER"]
+        assert host.function_key == "explicit-key"
+    assert "CSV_PREFIX" not in os.environ and "CHUNK_ROWS" not in os.environ  # put back on stop
+    # A missing local.settings.json is no settings at all.
+    with new_host(host_settings(azurite, emulator_url), poll_interval=None) as host:
+        assert host.running
+
+
+# -- blob to list --------------------------------------------------------------------------------------------
+
+
+def test_an_export_landing_in_the_segments_container_ends_up_in_the_klaviyo_list(azurite, emulator_url):
+    settings = host_settings(azurite, emulator_url)
+    list_id = new_list(emulator_url)
+    with new_host(settings, poll_interval=0.2) as host, HostClient(host.base_url, FUNCTION_KEY) as api:
+        api.put_connection("shop", EMULATOR_KEY)
+        api.put_export("weekly", export_body(list_id, settings))
+        model, etag = upload_export(azurite, settings, 5_000, partitions=3)
+        run_id = run_id_for("weekly", settings, model, etag)
+
+        status = api.wait_for_run(run_id, timeout=120)
+
+        assert [e.name for e in host.watcher.delivered] == [model]  # partitions are not events, model.json is
+    report = status["report"]
+    assert (status["runtime_status"], report["status"]) == ("Completed", "succeeded")
+    assert (report["rows_read"], report["profiles_submitted"], report["profiles_imported"]) == (5_000, 5_000, 5_000)
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(5_000)}
+    reports = BlobStore.from_connection_string(azurite.connection_string, settings["REPORTS_CONTAINER"])
+    stored = orjson.loads(reports.read_bytes(f"runs/weekly/{run_id}.json"))
+    assert (stored["run_id"], stored["profiles_imported"]) == (run_id, 5_000)
+
+
+def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushing_again(azurite, slow_emulator):
+    url = slow_emulator
+    settings = host_settings(azurite, url)
+    list_id = new_list(url)
+    jobs_at_start = bulk_jobs_accepted(url)
+    emulator_clock(url, freeze=True)  # Klaviyo's jobs do not finish until the clock moves on
+    try:
+        with new_host(settings, poll_interval=0.2) as first, HostClient(first.base_url, FUNCTION_KEY) as api:
+            api.put_connection("shop", EMULATOR_KEY)
+            api.put_export("weekly", export_body(list_id, settings))
+            model, etag = upload_export(azurite, settings, 5_000, partitions=2)
+            run_id = run_id_for("weekly", settings, model, etag)
+            waiting = api.wait_for_run(run_id, timeout=120, until=in_phase("waiting_for_klaviyo"))
+        assert waiting["runtime_status"] == "Running"
+        jobs_pushed = bulk_jobs_accepted(url) - jobs_at_start
+        assert jobs_pushed == waiting["progress"]["jobs"] >= 1
+
+        with new_host(settings, poll_interval=0.2) as second, HostClient(second.base_url, FUNCTION_KEY) as api:
+            assert second.resumed == [run_id]
+            emulator_clock(url, freeze=False, advance=10)
+            final = api.wait_for_run(run_id, timeout=120)
+            second.watcher.wait_for_polls(1)
+            assert second.watcher.delivered == []  # the model.json was delivered before: not again
+    finally:
+        emulator_clock(url, freeze=False)
+
+    report = final["report"]
+    assert (final["runtime_status"], report["status"], report["profiles_imported"]) == ("Completed", "succeeded", 5_000)
+    assert bulk_jobs_accepted(url) - jobs_at_start == jobs_pushed  # no push activity ran again
+    assert len(report["jobs"]) == jobs_pushed
+    assert list_emails(url, list_id) == {email_for(i) for i in range(5_000)}
+
+
+# -- the demo ------------------------------------------------------------------------------------------------
+
+
+def test_the_demo_runs_an_export_end_to_end():
+    env = {k: v for k, v in os.environ.items() if k not in ("KEY_VAULT_URL", "AzureWebJobsStorage")}
+    env["COLUMNS"] = "200"
+    proc = subprocess.run(
+        [sys.executable, "-m", "localdev", "demo", "--rows", "3000", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "list members      3,000 (read back from the emulator" in proc.stdout
+    assert '"status": "succeeded"' in proc.stdout
