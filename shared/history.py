@@ -40,7 +40,8 @@ def _chart(runs: list[dict]) -> str:
     for i, r in enumerate(runs):
         x = 34 + 24 * i
         sent_n, removed_n = r.get("profiles_submitted", 0), r.get("profiles_removed", 0)
-        sent, removed = round(half * sent_n / top), round(half * removed_n / top)
+        # A run that sent or removed anyone shows at least a sliver, however tall its neighbours.
+        sent, removed = (max(2, round(half * n / top)) if n else 0 for n in (sent_n, removed_n))
         title = f"{r.get('run_id', '')}: sent {sent_n:,}, removed {removed_n:,}"
         parts.append(
             f"<g><title>{escape(title)}</title>"
@@ -60,7 +61,7 @@ def _run_rows(runs: list[dict]) -> str:
             for x in (r.get("rejects_sample") or [])[:5] + (r.get("failures_sample") or [])[:5]
         )
         rows.append(
-            f'<tr class="run {escape(status)}"><td>{escape(str(r.get("started_at") or ""))}</td>'
+            f'<tr class="run {escape(status)}"><td>{escape(str(r.get("started_at") or "")[:16].replace("T", " "))}</td>'
             f'<td class="status">{escape(status)}{" (dry run)" if r.get("dry_run") else ""}</td>'
             f"<td>{_num(r.get('rows_read'))}</td><td>{_num(r.get('profiles_submitted'))}</td>"
             f"<td>{_num(r.get('profiles_unchanged'))}</td><td>{_num(r.get('profiles_imported'))}</td>"
