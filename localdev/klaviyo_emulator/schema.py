@@ -91,11 +91,14 @@ def _expected(types: tuple[str, ...], nullable: bool) -> str:
 
 
 def _is_datetime(value: str) -> bool:
+    """ISO 8601 date and time (a bare date is not a date-time)."""
+    if len(value) < 11 or value[10] not in "Tt ":
+        return False
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        dt.datetime.fromisoformat(value)
     except ValueError:
         return False
-    return "T" in value.upper() or " " in value or parsed is not None
+    return True
 
 
 def _is_date(value: str) -> bool:
