@@ -107,3 +107,44 @@ def test_killed_command_line_resumes_and_ends_exact(tmp_path, phase):
         assert jobs_after <= 4 + 2  # at most the wave in flight when killed is sent again
     state = orjson.loads((tmp_path / "state" / "state" / "local" / list_id / "meta.json").read_bytes())
     assert state["run_id"] == report["run_id"] and state["profiles"] == rows
+
+
+def test_the_key_never_lands_in_history_workspace_reports_or_output(tmp_path):
+    """A canary key that Klaviyo (the emulator) accepts, over a whole run with rejects and import errors, and
+    over a failed run (unknown list): nothing the app writes or prints holds it."""
+    canary = "pk_canary_5f1c9a7e3b2d4c6a8e0f"
+    store = LocalStore(tmp_path / "src")
+    source = tmp_path / "src" / write_ci_export(store, 2_000, partitions=1)
+    with run_emulator(canary, "--rate-limits", "off") as url:
+        async_list = _list_with_key(url, canary)
+        ok = subprocess.run(
+            [sys.executable, "-m", "localdev", "export", str(source), "--list-id", async_list, "--email-field", "Email",
+             "--klaviyo-url", url, "--workdir", str(tmp_path / "work"), "--state", str(tmp_path / "state"),
+             "--report", str(tmp_path / "ok.json")],
+            cwd=ROOT, env={**os.environ, "KLAVIYO_API_KEY": canary}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        failed = subprocess.run(
+            [sys.executable, "-m", "localdev", "export", str(source), "--list-id", "NoSuchList", "--email-field",
+             "Email", "--klaviyo-url", url, "--workdir", str(tmp_path / "work"), "--state", str(tmp_path / "state")],
+            cwd=ROOT, env={**os.environ, "KLAVIYO_API_KEY": canary}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert failed.returncode == 1
+    for output in (ok.stdout, ok.stderr, failed.stdout, failed.stderr):
+        assert canary not in output
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.parts]
+    assert any("history" in p.parts for p in written) and any("reports" in p.parts for p in written)
+    for path in written:
+        assert canary.encode() not in path.read_bytes(), path
+
+
+def _list_with_key(url: str, key: str) -> str:
+    import asyncio
+
+    from shared.klaviyo.client import KlaviyoClient
+
+    async def go():
+        async with KlaviyoClient(key, url) as client:
+            return await client.create_list("canary")
+
+    return asyncio.run(go())
