@@ -9,6 +9,11 @@ from shared import pipeline
 bp = df.Blueprint()
 
 
+@bp.activity_trigger(input_name="run", activity="take_turn")
+def take_turn(run: dict) -> dict:
+    return pipeline.take_turn(run)
+
+
 @bp.activity_trigger(input_name="run", activity="plan_export")
 def plan_export(run: dict) -> dict:
     return pipeline.plan(run)

@@ -17,6 +17,10 @@ RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2_000, max_number_o
 MAX_POLL_S = 60
 
 
+class Superseded(Exception):
+    """A newer export of the same export configuration already ran: this one sends nothing."""
+
+
 def _checked(result):
     """Steps return {"fatal": reason} for what no retry can fix (see shared.pipeline.fatal_as_result)."""
     if isinstance(result, dict) and "fatal" in result:
@@ -43,6 +47,19 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
     }
     outcome: dict = {"plan": None, "pushes": [], "jobs": [], "removal": None, "error": None}
     try:
+        if not run.get("dry_run"):
+            delay = max(1, int(run.get("poll_interval_s", 5)))
+            while True:
+                turn = _checked((yield context.call_activity_with_retry("take_turn", RETRY, run)))
+                outcome["source_time"] = turn["source_time"]
+                if turn["status"] != "wait":
+                    break
+                _status(context, "waiting_for_turn", {**progress, "behind": turn["holder"]})
+                yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
+                delay = min(MAX_POLL_S, delay * 2)
+            if turn["status"] == "superseded":
+                outcome["superseded_by"] = turn["by"]
+                raise Superseded
         _status(context, "planning", progress)
         plan = _checked((yield context.call_activity_with_retry("plan_export", RETRY, run)))
         outcome["plan"] = plan
@@ -90,6 +107,8 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
             if plan.get("profiles_to_remove"):
                 _status(context, "removing_departed", progress)
                 outcome["removal"] = _checked((yield context.call_activity_with_retry("remove_departed", RETRY, run)))
+    except Superseded:
+        pass
     except Fatal as exc:
         outcome["error"] = str(exc)
     except Exception as exc:  # an activity failed after its retries: the run fails, with the reason in its report

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.report:
                 Path(args.report).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
             _print_summary(report)
+            if report["status"] == "superseded":
+                print(f"note: {report['error']}", file=sys.stderr)
+                return 0
             if report["status"] not in ("succeeded", "partially_succeeded"):
                 print(f"error: {report.get('error') or 'the run failed'}", file=sys.stderr)
                 return 1

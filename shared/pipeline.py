@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
+from shared import turns
 from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
@@ -116,6 +117,16 @@ def _client(run: dict, share: float = 1.0) -> KlaviyoClient:
 def _split_locator(locator: str) -> dict:
     partition, _, row = locator.rpartition(":")
     return {"partition": partition, "row": int(row) if row.isdigit() else row}
+
+
+# -- one run at a time per export ------------------------------------------------------------------
+
+
+@fatal_as_result
+def take_turn(run: dict) -> dict:
+    workspace, _ = _workspace(run)
+    source_time = _source_store(run).info(run["source"]["name"]).modified
+    return {**turns.take_turn(workspace, run["export"], run["run_id"], source_time), "source_time": source_time}
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -287,10 +298,11 @@ def finish(run: dict, outcome: dict) -> dict:
     reports = open_store(run["reports"]["store"])
     report_name = run["reports"]["name"]
     rejects_name = report_name.removesuffix(".json") + ".rejects.ndjson"
+    superseded_by = outcome.get("superseded_by")
     report = RunReport(
         export=run["export"],
         run_id=run["run_id"],
-        status="failed" if outcome.get("error") else "succeeded",
+        status="failed" if outcome.get("error") else ("superseded" if superseded_by else "succeeded"),
         dry_run=bool(run.get("dry_run")),
         mode=run.get("mode", "upsert"),
         mass_removal_override=bool((run.get("mirror") or {}).get("allow_mass_removal")),
@@ -334,6 +346,11 @@ def finish(run: dict, outcome: dict) -> dict:
     report.rejects_file = rejects_name
     if planned and report.status != "failed" and not report.dry_run:
         _commit(run, planned, excluded)
+    if not report.dry_run and not superseded_by and outcome.get("source_time") is not None:
+        workspace, _ = _workspace(run)
+        turns.end_turn(workspace, run["export"], run["run_id"], outcome["source_time"], report.status != "failed")
+    if superseded_by:
+        report.error = f"a newer export of '{run['export']}' already ran ({superseded_by}); nothing was sent"
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:

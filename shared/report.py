@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-RunStatus = Literal["running", "succeeded", "partially_succeeded", "failed"]
+RunStatus = Literal["running", "succeeded", "partially_succeeded", "failed", "superseded"]
 
 
 class JobSummary(BaseModel):

@@ -25,6 +25,7 @@ class ObjectInfo:
     name: str
     size: int
     etag: str
+    modified: float = 0.0  # when it was last written (seconds since the epoch)
 
 
 class ObjectStore(Protocol):
@@ -39,6 +40,8 @@ class ObjectStore(Protocol):
     def write_file(self, name: str, fileobj: BinaryIO) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, name: str) -> None: ...
+    def create(self, name: str, data: bytes) -> bool: ...
+    def delete_if_unchanged(self, name: str, etag: str) -> bool: ...
 
 
 class LocalStore:
@@ -64,7 +67,7 @@ class LocalStore:
             st = self._path(name).stat()
         except FileNotFoundError:
             raise SourceError(f"not found: {self.describe(name)}") from None
-        return ObjectInfo(name=name, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+        return ObjectInfo(name, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime_ns / 1e9)
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -118,6 +121,27 @@ class LocalStore:
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
+    def create(self, name: str, data: bytes) -> bool:
+        """Write only if there is no such file yet; False when there is (an exclusive create)."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def delete_if_unchanged(self, name: str, etag: str) -> bool:
+        try:
+            if self.info(name).etag != etag:
+                return False
+        except SourceError:
+            return False
+        self.delete(name)
+        return True
+
 
 class BlobStore:
     """A blob container (azure-storage-blob); connection string or account URL + DefaultAzureCredential."""
@@ -160,7 +184,7 @@ class BlobStore:
             props = self.container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
             raise SourceError(f"not found: {self.describe(name)}") from None
-        return ObjectInfo(name=name, size=props.size, etag=props.etag.strip('"'))
+        return ObjectInfo(name, props.size, props.etag.strip('"'), props.last_modified.timestamp())
 
     def exists(self, name: str) -> bool:
         return self.container.get_blob_client(name).exists()
@@ -194,6 +218,25 @@ class BlobStore:
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix or None))
+
+    def create(self, name: str, data: bytes) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.container.get_blob_client(name).upload_blob(data, overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    def delete_if_unchanged(self, name: str, etag: str) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.container.delete_blob(name, etag=f'"{etag}"', match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
 
     def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
