@@ -156,13 +156,6 @@ class ProfileMapper:
         mapping = [self.email_field, sorted(self.field_mappings.items()), self.consent or {}]
         self.mapping_key = xxhash.xxh3_64_hexdigest(orjson.dumps(mapping))
 
-    def content(self, row: list[str]) -> tuple[str, ...]:
-        """The mapped fields of a row (what the fingerprint covers besides the email)."""
-        return self._content(row)
-
-    def fingerprint(self, row: list[str], email: str) -> int:
-        return xxhash.xxh3_64_intdigest(email + "\x1f" + "\x1f".join(self.content(row)))
-
     def attributes(self, row: list[str], email: str) -> tuple[dict, str | None]:
         """Klaviyo profile attributes and a warning (e.g. a phone left out), if any."""
         attrs: dict = {"email": email}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import orjson
 
-from shared.csvscan import gc_paused, iter_blocks
+from shared.csvscan import iter_blocks
 from shared.errors import SourceError
 from shared.source import CsvFormat, Partition
 from shared.storage import ObjectStore
@@ -41,27 +41,26 @@ class PlanReader:
         """(locator, row, normalised email) for each row of the unit, in file order."""
         first_chunk, skip, take = unit
         chunks = self.plan["chunks"]
-        with gc_paused():
-            for ci in range(first_chunk, len(chunks)):
-                pidx, start, end, first_row, first_gid, records = chunks[ci]
-                wanted = self.send[first_gid : first_gid + records]
-                marked = int(wanted.sum())
-                if skip >= marked:
-                    skip -= marked
-                    continue
-                part = self.partitions[pidx]
-                offset = 0
-                for block in iter_blocks(source, part, start=start, end=end, first_row=first_row):
-                    for i, row in enumerate(block.rows):
-                        if wanted[offset + i]:
-                            if skip:
-                                skip -= 1
-                                continue
-                            email = row[self.email_index].strip().lower()
-                            yield f"{part.label}:{block.first_row + i}", row, email
-                            take -= 1
-                            if take == 0:
-                                return
-                    offset += len(block.rows)
-                if offset != records:
-                    raise SourceError(f"{part.label}: chunk {ci} read {offset} records, planned {records}")
+        for ci in range(first_chunk, len(chunks)):
+            pidx, start, end, first_row, first_gid, records = chunks[ci]
+            wanted = self.send[first_gid : first_gid + records]
+            marked = int(wanted.sum())
+            if skip >= marked:
+                skip -= marked
+                continue
+            part = self.partitions[pidx]
+            offset = 0
+            for block in iter_blocks(source, part, start=start, end=end, first_row=first_row):
+                for i, row in enumerate(block.rows):
+                    if wanted[offset + i]:
+                        if skip:
+                            skip -= 1
+                            continue
+                        email = row[self.email_index].strip().lower()
+                        yield f"{part.label}:{block.first_row + i}", row, email
+                        take -= 1
+                        if take == 0:
+                            return
+                offset += len(block.rows)
+            if offset != records:
+                raise SourceError(f"{part.label}: chunk {ci} read {offset} records, planned {records}")

@@ -79,3 +79,31 @@ def test_subscribe_is_refused_without_a_consent_field(tmp_path, emulator_url):
     assert code == 2
     assert "consent" in err and "Traceback" not in err
     assert list_emails(emulator_url, list_id) == set()
+
+
+def test_max_profiles_fails_before_anything_is_sent(tmp_path, emulator_url):
+    list_id = new_list(emulator_url)
+    source = _export(tmp_path, range(50))
+    code, report, _err = run_cli(tmp_path, source, list_id, emulator_url, "--max-profiles", "49")
+    assert code == 1
+    assert report["status"] == "failed" and "over this export's max_profiles of 49" in report["error"]
+    assert report["jobs"] == [] and list_emails(emulator_url, list_id) == set()
+
+
+def test_state_does_not_advance_when_a_run_fails(tmp_path, emulator_url):
+    list_id = new_list(emulator_url)
+    source = _export(tmp_path, range(100))
+    meta = tmp_path / "state" / "state" / "local" / list_id / "meta.json"
+    code, _first, err = run_cli(tmp_path, source, list_id, emulator_url)
+    assert code == 0, err
+    committed = meta.read_bytes()
+
+    _export(tmp_path, range(100, 150))  # 50 new people...
+    code, failed, _ = run_cli(tmp_path, source, list_id, emulator_url, "--max-profiles", "10")  # ...but it fails
+    assert code == 1 and failed["status"] == "failed"
+    assert meta.read_bytes() == committed  # the failed run committed nothing
+
+    code, after, err = run_cli(tmp_path, source, list_id, emulator_url)
+    assert code == 0, err
+    assert after["profiles_submitted"] == 50  # the new people are sent by the next good run
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(150)}
