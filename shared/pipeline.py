@@ -21,7 +21,7 @@ from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
 from shared.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
-from shared.klaviyo.limits import RateLimiter
+from shared.klaviyo.limits import RateLimiter, account_limiter
 from shared.klaviyo.models import SubscribeProfile
 from shared.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
 from shared.profiles import ProfileMapper, email_key
@@ -34,6 +34,7 @@ from shared.units import PlanReader
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20
 SUBSCRIBE_SOURCE = "Customer Insights segment export"
+MAX_JOB_LIST_ITEMS = 2_000  # how far back the account's job list is read before asking job by job
 
 
 # -- fatal problems --------------------------------------------------------------------------------
@@ -108,10 +109,12 @@ def _mapper(run: dict, columns: list[str]) -> ProfileMapper:
     return ProfileMapper(columns, mapping["email_field"], mapping.get("field_mappings") or {}, mapping.get("consent"))
 
 
-def _client(run: dict, share: float = 1.0) -> KlaviyoClient:
-    api_key = secrets().get(run["klaviyo"]["secret_name"])
-    limiter = RateLimiter(enabled=run["klaviyo"].get("rate_limits", True), share=share)
-    return KlaviyoClient(api_key, run["klaviyo"]["base_url"], limiter=limiter)
+def _client(run: dict) -> KlaviyoClient:
+    """A client on the process-wide limiter of its Klaviyo account: every push of every run on one account
+    in this worker draws on one budget."""
+    api_key, base_url = secrets().get(run["klaviyo"]["secret_name"]), run["klaviyo"]["base_url"]
+    limiter = account_limiter(base_url, api_key) if run["klaviyo"].get("rate_limits", True) else RateLimiter.off()
+    return KlaviyoClient(api_key, base_url, limiter=limiter)
 
 
 def _split_locator(locator: str) -> dict:
@@ -196,8 +199,7 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
 
     builder = BatchBuilder()
     batches = list(builder.build(profiles()))
-    width = max(1, run.get("wave_width", 1))
-    jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting, share=1.0 / width))
+    jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting))
     for job in record["jobs"]:
         job["keys"] = [email_key(emails_by_locator[loc]) for loc in job["locators"]]
     record["rejected_keys"] = [email_key(emails_by_locator[f"{r['partition']}:{r['row']}"]) for r in record["rejected"]]
@@ -213,11 +215,11 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     }
 
 
-async def _submit(run: dict, batches, oversize, consenting, share: float) -> tuple[list[dict], dict]:
+async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict], dict]:
     jobs: list[dict] = []
     refused = list(oversize)
     record: dict = {"jobs": [], "subscribed": 0}
-    async with _client(run, share) as client:
+    async with _client(run) as client:
         for batch in batches:
             result = await client.submit_import_job(batch, run["list_id"])
             refused += result.rejected
@@ -265,23 +267,37 @@ def remove_departed(run: dict) -> dict:
 
 @fatal_as_result
 def check_jobs(run: dict, job_ids: list[str]) -> list[dict]:
+    """The state of the run's jobs. Klaviyo's job list answers for 100 jobs a call, newest first; pages
+    are read until every job is found (jobs missing from the first pages - another tool's jobs pushed
+    them back - are asked for one by one)."""
+
     async def go() -> list[dict]:
+        wanted, found = set(job_ids), {}
         async with _client(run) as client:
-            out = []
-            for job_id in job_ids:
-                job = await client.get_import_job(job_id)
-                out.append(
-                    {
-                        "id": job.id,
-                        "status": job.status,
-                        "total": job.total_count,
-                        "completed": job.completed_count,
-                        "failed": job.failed_count,
-                    }
-                )
-            return out
+            seen = 0
+            async for job in client.iter_import_jobs():
+                if job.id in wanted:
+                    found[job.id] = job
+                    if len(found) == len(wanted):
+                        break
+                seen += 1
+                if seen >= MAX_JOB_LIST_ITEMS:
+                    break
+            for job_id in wanted - found.keys():
+                found[job_id] = await client.get_import_job(job_id)
+        return [_job_state(found[j]) for j in job_ids]
 
     return asyncio.run(go())
+
+
+def _job_state(job) -> dict:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "total": job.total_count,
+        "completed": job.completed_count,
+        "failed": job.failed_count,
+    }
 
 
 # -- finish ----------------------------------------------------------------------------------------

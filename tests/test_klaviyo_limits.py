@@ -42,8 +42,10 @@ async def test_never_more_than_n_per_window_under_contention():
 
     async def worker(n: int) -> None:
         for _ in range(n):
-            await limiter.acquire("M", "bulk_import_profiles")
-            times.append(clock())
+            # The slot a request gets: concurrent sleepers each advance this fake clock, so reading it after
+            # waking could overshoot; the moment asked for plus the wait is when the request may go out.
+            asked = clock()
+            times.append(asked + await limiter.acquire("M", "bulk_import_profiles"))
 
     await asyncio.gather(*(worker(40) for _ in range(10)))  # 400 requests from 10 tasks
     assert len(times) == 400

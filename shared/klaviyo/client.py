@@ -72,6 +72,7 @@ _GET_LIST = _Endpoint("get_list", "L")
 _CREATE_LIST = _Endpoint("create_list", "M")
 _IMPORT = _Endpoint("bulk_import_profiles", "M")
 _IMPORT_JOB = _Endpoint("get_bulk_import_profiles_job", "M")
+_IMPORT_JOBS = _Endpoint("get_bulk_import_profiles_jobs", "M")
 _IMPORT_ERRORS = _Endpoint("get_errors_for_bulk_import_profiles_job", "M")
 _PROFILES = _Endpoint("get_profiles", "L")
 _LIST_PROFILES = _Endpoint("get_profiles_for_list", "L")
@@ -514,6 +515,13 @@ class KlaviyoClient:
             await self._send(_IMPORT_JOB, "GET", f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}")
         )
         return ImportJob.from_resource(doc["data"])
+
+    async def iter_import_jobs(self, newest_first: bool = True) -> AsyncIterator[ImportJob]:
+        """The account's bulk import jobs, 100 a page (``GET /api/profile-bulk-import-jobs``): one call
+        tells the state of up to 100 jobs, where ``get_import_job`` spends one call per job."""
+        params = {"page[size]": PAGE_SIZE, "sort": "-created_at" if newest_first else "created_at"}
+        async for resource in self._pages(_IMPORT_JOBS, "/api/profile-bulk-import-jobs", params):
+            yield ImportJob.from_resource(resource)
 
     async def iter_import_errors(self, job_id: str) -> AsyncIterator[ImportErrorItem]:
         """Every import error of a job, across every page. ``index`` is a position in the job."""

@@ -12,19 +12,24 @@ wherever its boundaries fall, so a run paces itself instead of bouncing off 429s
 - ``share`` scales every limit down when several processes use the same account at once.
 - ``defer(tier, endpoint, seconds)``: after a 429, hold back every caller of that bucket.
 - ``clock``/``sleep`` are injectable, so tests run on a fake clock without waiting.
+- Thread-safe and usable from several event loops at once: a caller *reserves* its slot under a
+  ``threading.Lock`` (slots are handed out in arrival order) and then sleeps until it. So one limiter
+  per account can pace every push activity of a worker process (``account_limiter``).
 - ``RateLimiter.off()`` lets everything through (the emulator with its limits switched off).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-__all__ = ["KLAVIYO_TIERS", "RateLimiter", "Tier"]
+__all__ = ["KLAVIYO_TIERS", "RateLimiter", "Tier", "account_limiter"]
 
 _EPS = 1e-9  # float slack so that sleeping exactly the computed wait always frees the slot
 
@@ -65,12 +70,26 @@ class _Window:
 
 
 class _Bucket:
-    __slots__ = ("blocked_until", "lock", "windows")
+    __slots__ = ("blocked_until", "last", "windows")
 
     def __init__(self, windows: tuple[_Window, ...]) -> None:
         self.windows = windows
-        self.lock = asyncio.Lock()
         self.blocked_until = float("-inf")
+        self.last = float("-inf")  # the latest slot handed out: slots never go back in time (FIFO)
+
+    def reserve(self, now: float) -> float:
+        """The earliest moment, not before ``now`` nor before earlier reservations, that fits every window;
+        recorded as taken."""
+        at = max(now, self.blocked_until, self.last)
+        while True:
+            wait = max(window.wait_needed(at) for window in self.windows)
+            if wait <= 0:
+                break
+            at += wait
+        for window in self.windows:
+            window.times.append(at)
+        self.last = at
+        return at
 
 
 class RateLimiter:
@@ -95,6 +114,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._buckets: dict[tuple[str, str | None], _Bucket] = {}
+        self._lock = threading.Lock()
         #: counters for reports
         self.acquired = 0
         self.waits = 0
@@ -125,20 +145,12 @@ class RateLimiter:
         """Wait until a request on ``tier``/``endpoint`` fits both windows; returns seconds waited."""
         if not self.enabled:
             return 0.0
-        bucket = self._bucket(tier, endpoint)
-        waited = 0.0
-        async with bucket.lock:  # FIFO: callers get slots in arrival order
-            while True:
-                now = self._clock()
-                wait = bucket.blocked_until - now
-                for window in bucket.windows:
-                    wait = max(wait, window.wait_needed(now))
-                if wait <= 0:
-                    for window in bucket.windows:
-                        window.times.append(now)
-                    break
-                waited += wait
-                await self._sleep(wait)
+        with self._lock:  # held only to hand out the slot, never across an await
+            now = self._clock()
+            at = self._bucket(tier, endpoint).reserve(now)
+        waited = max(0.0, at - now)
+        while (left := at - self._clock()) > 0:
+            await self._sleep(left)
         self.acquired += 1
         if waited:
             self.waits += 1
@@ -154,5 +166,22 @@ class RateLimiter:
         """Hold every caller of this bucket back for ``seconds`` (Klaviyo answered 429)."""
         if not self.enabled or seconds <= 0:
             return
-        bucket = self._bucket(tier, endpoint)
-        bucket.blocked_until = max(bucket.blocked_until, self._clock() + seconds)
+        with self._lock:
+            bucket = self._bucket(tier, endpoint)
+            bucket.blocked_until = max(bucket.blocked_until, self._clock() + seconds)
+
+
+_ACCOUNT_LIMITERS: dict[str, RateLimiter] = {}
+_ACCOUNT_LOCK = threading.Lock()
+
+
+def account_limiter(base_url: str, api_key: str) -> RateLimiter:
+    """One limiter per Klaviyo account (key) in this process, shared by every client that uses it: the push
+    activities of a run, and the runs of several exports on one account, draw on one budget instead of each
+    assuming the whole of it. Keyed by a hash; the key itself is not kept."""
+    ident = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()
+    with _ACCOUNT_LOCK:
+        limiter = _ACCOUNT_LIMITERS.get(ident)
+        if limiter is None:
+            limiter = _ACCOUNT_LIMITERS[ident] = RateLimiter()
+        return limiter
