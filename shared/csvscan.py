@@ -41,14 +41,19 @@ def row_has_bad_bytes(row: list[str]) -> bool:
 
 
 def _cut(buf: bytes | bytearray, quoting: bool, limit: int | None = None) -> int:
-    """Index just past the last complete record in buf[:limit] (buf starts on a boundary); 0 if none."""
+    """Index just past the last complete record in buf[:limit] (buf starts on a boundary); 0 if none.
+    Quotes are counted once and then adjusted while stepping back, so a broken file (an unbalanced quote
+    early on) costs linear time, not quadratic."""
     pos = buf.rfind(b"\n", 0, len(buf) if limit is None else limit)
-    if not quoting:
+    if not quoting or pos < 0:
         return pos + 1
+    quotes = buf.count(b'"', 0, pos)
     while pos >= 0:
-        if buf.count(b'"', 0, pos) % 2 == 0:
+        if quotes % 2 == 0:
             return pos + 1
-        pos = buf.rfind(b"\n", 0, pos)
+        previous = buf.rfind(b"\n", 0, pos)
+        quotes -= buf.count(b'"', previous + 1, pos)
+        pos = previous
     return 0
 
 
