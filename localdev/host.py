@@ -525,7 +525,7 @@ class _Worker:
 
         try:
             self.submit(shutdown()).result(timeout=30)
-        except Exception:
+        except Exception:  # stopping anyway: logged, and the loop is stopped below
             log.exception("shutting the functions worker down failed")
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
@@ -798,7 +798,7 @@ class LocalHost:
         started = time.monotonic()
         try:
             result = await self._worker.call(info.fn, args)
-        except Exception:
+        except Exception:  # logged as the Functions host does, then raised to the caller
             elapsed = (time.monotonic() - started) * 1000
             log.exception("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", info.name, invocation, elapsed)
             raise
@@ -894,7 +894,7 @@ class LocalHost:
         )
         try:
             result = await asyncio.wrap_future(future)
-        except Exception:
+        except Exception:  # already logged by call_function; the client gets the host's plain 500
             return Response(status_code=500)
         return _to_response(result)
 

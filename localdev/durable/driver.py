@@ -624,7 +624,7 @@ class LocalDurableDriver:
                     error = f"local durable driver error: {type(exc).__name__}: {exc}"
                     self._finish(record, now, RuntimeStatus.FAILED, error=error)
                     self._save(inst)
-                except Exception:
+                except Exception:  # the store itself failed: logged; the instance resumes from its last save
                     log.exception("could not record the failure of %s", inst.instance_id)
                 return
         if work is not None:

@@ -364,7 +364,7 @@ class Emulator:
                 self._frozen_at = grown
         except ApiError as err:
             return self.error_response(err, headers)
-        except Exception:
+        except Exception:  # an emulator bug: logged with its traceback, answered as Klaviyo's 500
             log.exception("emulator bug while handling %s %s", request.method, request.url.path)
             return self.error_response(ApiError.one(500, "The emulator failed on this request (a bug)."), headers)
         response.headers.update(headers)
