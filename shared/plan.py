@@ -124,7 +124,8 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                 rows_read += len(rows)
                 gids = range(base, base + len(rows))
                 ekeys = [xxh(e) for e in emails]
-                ckeys = [xxh("\x1f".join((e, *content(r)))) for e, r in zip(emails, rows, strict=True)]
+                # The fingerprint is keyed by the email already: it covers the mapped fields only.
+                ckeys = [xxh("\x1f".join(content(r))) for r in rows]
             else:
                 gids, ekeys, ckeys, emails = [], [], [], []
                 for offset, row in enumerate(rows):
@@ -143,7 +144,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                     gids.append(base + offset)
                     emails.append(email)
                     ekeys.append(xxh(email))
-                    ckeys.append(xxh("\x1f".join((email, *content(row)))))
+                    ckeys.append(xxh("\x1f".join(content(row))))
             next_gid += len(block.rows)
             chunk[2] = block.end
             chunk[5] += len(block.rows)
