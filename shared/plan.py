@@ -45,10 +45,6 @@ class SyncState:
     keys: np.ndarray
     mapping_key: str
 
-    @classmethod
-    def empty(cls, mapping_key: str = "") -> SyncState:
-        return cls(np.empty(0, KEYS_DTYPE), mapping_key)
-
 
 @dataclass
 class PlanOptions:

@@ -12,16 +12,13 @@ from operator import itemgetter
 
 import orjson
 import xxhash
+from pydantic_core import PydanticCustomError
 
+from shared.config import check_target
 from shared.errors import ConfigError
 from shared.klaviyo.batching import FlushPolicy
 
 MAX_PROFILE_BYTES = FlushPolicy().max_profile_bytes  # Klaviyo's 100 KB, as the client counts it
-
-PROFILE_FIELDS = {"first_name", "last_name", "phone_number", "external_id", "organization", "title", "locale"}
-LOCATION_FIELDS = {
-    *("address1", "address2", "city", "country", "region", "zip", "timezone", "ip", "latitude", "longitude"),
-}
 
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -47,10 +44,6 @@ _PHONE_JUNK = re.compile(r"[\s().\-/]")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
-def normalise_email(raw: str) -> str:
-    return raw.strip().lower()
-
-
 def email_problem(email: str) -> str | None:
     """None when the (normalised) email is acceptable, else the reason. Syntax only, no DNS."""
     if not email:
@@ -71,21 +64,6 @@ def normalise_phone(raw: str) -> str | None:
 def email_key(email: str) -> int:
     """64-bit key of a normalised email: sync state and de-duplication work on these."""
     return xxhash.xxh3_64_intdigest(email)
-
-
-def validate_target(target: str) -> str | None:
-    """None when `target` is a Klaviyo profile attribute we map to, else why not."""
-    head, _, tail = target.partition(".")
-    if head in PROFILE_FIELDS and not tail:
-        return None
-    if head == "location" and tail in LOCATION_FIELDS:
-        return None
-    if head == "properties" and tail:
-        return None
-    return (
-        f"unknown Klaviyo attribute {target!r} (use one of {', '.join(sorted(PROFILE_FIELDS))}, "
-        "location.<field>, properties.<name>)"
-    )
 
 
 @dataclass
@@ -112,9 +90,10 @@ class ProfileMapper:
         if missing:
             raise ConfigError(f"mapped field(s) not among the export's columns: {', '.join(missing)}")
         for target in self.field_mappings.values():
-            problem = validate_target(target)
-            if problem:
-                raise ConfigError(problem)
+            try:
+                check_target(target)  # the same rule the export configuration applies
+            except PydanticCustomError as exc:
+                raise ConfigError(str(exc)) from None
         self.width = len(self.columns)
         self.email_index = index[self.email_field]
         self.top: list[tuple[int, str]] = []
