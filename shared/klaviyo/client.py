@@ -374,18 +374,9 @@ class KlaviyoClient:
         missing thing is a profile of the body (``/data/<i>/id``): then the original error stands."""
         if any(_ITEM_POINTER.match(p) for p in exc.pointers):
             return exc
-        return KlaviyoNotFound(
-            exc.status,
-            exc.code,
-            exc.detail,
-            exc.title,
-            method=exc.method,
-            path=exc.path,
-            errors=exc.errors,
-            message=(
-                f"Klaviyo list {list_id!r} does not exist in this account "
-                f"({exc.status} {exc.code or 'not_found'} on {exc.method} {exc.path}: {exc.detail})"
-            ),
+        return exc.reworded(
+            f"Klaviyo list {list_id!r} does not exist in this account "
+            f"({exc.status} {exc.code or 'not_found'} on {exc.method} {exc.path}: {exc.detail})"
         )
 
     # -- account and lists ----------------------------------------------------------------------
@@ -395,19 +386,10 @@ class KlaviyoClient:
         try:
             doc = self._json(await self._send(_ACCOUNTS, "GET", "/api/accounts"))
         except KlaviyoAuthError as exc:
-            raise KlaviyoAuthError(
-                exc.status,
-                exc.code,
-                exc.detail,
-                exc.title,
-                method=exc.method,
-                path=exc.path,
-                errors=exc.errors,
-                message=(
-                    f"Klaviyo rejected the API key ({exc.status} {exc.code or 'unauthorized'}: {exc.detail})"
-                    if exc.status == 401
-                    else f"the Klaviyo API key lacks a scope ({exc.status} {exc.code or 'forbidden'}: {exc.detail})"
-                ),
+            raise exc.reworded(
+                f"Klaviyo rejected the API key ({exc.status} {exc.code or 'unauthorized'}: {exc.detail})"
+                if exc.status == 401
+                else f"the Klaviyo API key lacks a scope ({exc.status} {exc.code or 'forbidden'}: {exc.detail})"
             ) from None
         data = doc.get("data") or []
         if isinstance(data, list):
@@ -467,19 +449,10 @@ class KlaviyoClient:
                 rejected.extend(new)
                 self.stats.rejected_profiles += len(new)
                 if resends >= self.max_resends:
-                    raise KlaviyoBadRequest(
-                        exc.status,
-                        exc.code,
-                        exc.detail,
-                        exc.title,
-                        method=exc.method,
-                        path=exc.path,
-                        errors=exc.errors,
+                    raise exc.reworded(
+                        f"Klaviyo refused the import again after invalid profiles were stripped "
+                        f"({len(rejected)} rejected, {len(current) - len(new)} not sent): {exc.detail}",
                         rejected=rejected,
-                        message=(
-                            f"Klaviyo refused the import again after invalid profiles were stripped "
-                            f"({len(rejected)} rejected, {len(current) - len(new)} not sent): {exc.detail}"
-                        ),
                     ) from None
                 keep = [i for i in range(len(current)) if i not in named]
                 log.info(

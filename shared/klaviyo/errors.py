@@ -86,6 +86,20 @@ class KlaviyoError(Exception):
         text = self.detail or self.title or "no detail given"
         return f"Klaviyo{status}{code}{where}{tries}: {text}"
 
+    def reworded(self, message: str, **extra: Any) -> KlaviyoError:
+        """The same error (same class and Klaviyo fields) with a message that says what it means here."""
+        return type(self)(
+            self.status,
+            self.code,
+            self.detail,
+            self.title,
+            method=self.method,
+            path=self.path,
+            errors=self.errors,
+            message=message,
+            **extra,
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, detail={self.detail!r})"
 
