@@ -152,7 +152,7 @@ class SchemaCompiler:
         exec(compile(source, f"<klaviyo-schema {name}>", "exec"), namespace)
         validator = namespace[entry]
         validator.__doc__ = f"Validate against {name}; append (pointer, detail) pairs to errs."
-        validator.source = source  # type: ignore[attr-defined]  # for debugging
+        validator.source = source  # type: ignore[attr-defined]  # the generated code, kept for debugging
         return validator
 
 

@@ -139,6 +139,7 @@ class ProfilesById(Mapping[str, Profile]):
     def __init__(self, store: Store):
         self._store = store
 
+    # type: ignore below: Mapping.get's signature is generic; this one accepts any key and answers None.
     def get(self, pid: object, default: Profile | None = None) -> Profile | None:  # type: ignore[override]
         store = self._store
         number = store.ids.profile_number(pid) if isinstance(pid, str) else None
