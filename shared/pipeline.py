@@ -89,7 +89,11 @@ def commit_state(store: ObjectStore, prefix: str, keys: np.ndarray, emails: byte
     """Data first, then meta.json, which names the run that wrote it. emails: one a line, in keys' order."""
     store.write_bytes(f"{prefix}keys.bin", keys.tobytes())
     store.write_bytes(f"{prefix}emails.txt", emails)
-    meta = {"mapping_key": mapping_key, "profiles": len(keys), "run_id": run_id, "at": datetime.now(UTC)}
+    _write_meta(store, prefix, len(keys), mapping_key, run_id)
+
+
+def _write_meta(store: ObjectStore, prefix: str, profiles: int, mapping_key: str, run_id: str) -> None:
+    meta = {"mapping_key": mapping_key, "profiles": profiles, "run_id": run_id, "at": datetime.now(UTC)}
     store.write_bytes(f"{prefix}meta.json", orjson.dumps(meta))
 
 
@@ -416,6 +420,12 @@ def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
     Klaviyo did not confirm, so that they are sent again next run."""
     workspace, prefix = _workspace(run)
     store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
+    if not excluded:  # the usual case: the plan's files become the state as they are, streamed
+        for name in ("keys.bin", "emails.txt"):
+            store.copy_from(workspace, f"{prefix}{name}", f"{state_prefix}{name}")
+        profiles = workspace.info(f"{prefix}keys.bin").size // KEYS_DTYPE.itemsize
+        _write_meta(store, state_prefix, profiles, planned["mapping_key"], run["run_id"])
+        return
     keys = np.frombuffer(workspace.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
     emails = workspace.read_bytes(f"{prefix}emails.txt")
     if excluded:

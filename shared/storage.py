@@ -41,7 +41,17 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, name: str) -> None: ...
     def create(self, name: str, data: bytes) -> bool: ...
+    def copy_from(self, source: ObjectStore, source_name: str, name: str) -> None: ...
     def delete_if_unchanged(self, name: str, etag: str) -> bool: ...
+
+
+def _copy(target, source: ObjectStore, source_name: str, name: str) -> None:
+    """Stream `source_name` into `name` through a temporary file (bounded memory, and a seekable upload)."""
+    with tempfile.TemporaryFile() as spool:
+        for chunk in source.iter_bytes(source_name):
+            spool.write(chunk)
+        spool.seek(0)
+        target.write_file(name, spool)
 
 
 class LocalStore:
@@ -133,6 +143,8 @@ class LocalStore:
             f.write(data)
         return True
 
+    copy_from = _copy
+
     def delete_if_unchanged(self, name: str, etag: str) -> bool:
         try:
             if self.info(name).etag != etag:
@@ -218,6 +230,8 @@ class BlobStore:
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix or None))
+
+    copy_from = _copy
 
     def create(self, name: str, data: bytes) -> bool:
         from azure.core.exceptions import ResourceExistsError

@@ -1,0 +1,32 @@
+"""The ObjectStore interface on a folder and on Azurite: streamed copies, exclusive creates, conditional deletes."""
+
+from __future__ import annotations
+
+import os
+
+from shared.storage import BlobStore, LocalStore
+
+
+def test_copies_stream_between_a_folder_and_blob_storage(tmp_path, container):
+    data = os.urandom(9 * 1024 * 1024 + 7)  # over two 4 MB read chunks, not a multiple of them
+    local, blob = LocalStore(tmp_path), BlobStore(container)
+    local.write_bytes("a/src.bin", data)
+    blob.copy_from(local, "a/src.bin", "b/copy.bin")
+    local.copy_from(blob, "b/copy.bin", "c/back.bin")
+    assert blob.read_bytes("b/copy.bin") == data
+    assert local.read_bytes("c/back.bin") == data
+    local.write_bytes("empty", b"")
+    blob.copy_from(local, "empty", "empty")
+    assert blob.read_bytes("empty") == b""
+
+
+def test_exclusive_create_and_conditional_delete(tmp_path, container):
+    for store in (LocalStore(tmp_path), BlobStore(container)):
+        assert store.create("lock", b"one") is True
+        assert store.create("lock", b"two") is False
+        assert store.read_bytes("lock") == b"one"
+        etag = store.info("lock").etag
+        store.write_bytes("lock", b"changed")
+        assert store.delete_if_unchanged("lock", etag) is False
+        assert store.delete_if_unchanged("lock", store.info("lock").etag) is True
+        assert not store.exists("lock")
