@@ -77,9 +77,11 @@ def _new_list_despite_faults(url: str, seed: int) -> str:
 
 def _history_phase(workdir) -> str | None:
     for path in (workdir / "history").glob("*.json"):
+        if path.name.startswith("."):  # the store's temporary file, about to be renamed into place
+            continue
         try:
             record = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError:  # written by rename, but a reader may still race a fresh directory
+        except (FileNotFoundError, orjson.JSONDecodeError):  # replaced between the listing and the read
             continue
         return (record.get("customStatus") or {}).get("phase")
     return None
