@@ -82,12 +82,9 @@ class HostError(RuntimeError):
 
 def load_local_settings(path: str | os.PathLike[str] | None) -> dict[str, str]:
     """``Values`` of a ``local.settings.json``; a missing file is no settings."""
-    if path is None or not Path(path).is_file():
+    doc = _read_json_file(path)
+    if doc is None:
         return {}
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as exc:
-        raise HostError(f"{path} cannot be read: {exc}") from None
     if not isinstance(doc, dict):
         raise HostError(f"{path} must hold a JSON object")
     if doc.get("IsEncrypted"):
@@ -99,13 +96,18 @@ def load_local_settings(path: str | os.PathLike[str] | None) -> dict[str, str]:
 
 
 def read_host_json(path: str | os.PathLike[str] | None) -> dict:
+    doc = _read_json_file(path)
+    return doc if isinstance(doc, dict) else {}
+
+
+def _read_json_file(path: str | os.PathLike[str] | None):
+    """The JSON in a file (BOM allowed), None when there is no such file; HostError when it cannot be read."""
     if path is None or not Path(path).is_file():
-        return {}
+        return None
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise HostError(f"{path} cannot be read: {exc}") from None
-    return doc if isinstance(doc, dict) else {}
 
 
 def setting_refs(value: str) -> list[str]:
