@@ -98,23 +98,18 @@ def _parse(data: bytes, fmt: CsvFormat) -> tuple[list[list[str]], bool]:
     return _csv_rows(text, fmt), bad
 
 
-def iter_blocks(
+def iter_pieces(
     store: ObjectStore,
     part: Partition,
     start: int = 0,
     end: int | None = None,
-    first_row: int = 1,
     block_bytes: int = BLOCK_BYTES,
-) -> Iterator[Block]:
-    """Blocks of whole records from byte `start` (a record boundary) up to `end` (one too, or EOF).
-
-    Blank lines yield an empty row (csv does the same), so record numbers stay the lines a person sees
-    in the file for single-line records.
-    """
-    fmt = part.fmt
+) -> Iterator[tuple[int, bytes]]:
+    """(file offset, bytes) of consecutive runs of whole records from byte `start` (a record boundary) up
+    to `end` (one too, or EOF), about `block_bytes` each."""
+    quoting = part.fmt.quoting
     buf = bytearray()
     offset = start  # file offset of buf[0]
-    row_no = first_row
     chunks = store.iter_bytes(part.name, start, end)
     strip_bom = start == 0
     eof = False
@@ -130,7 +125,7 @@ def iter_blocks(
                 del buf[:3]
                 offset += 3
         while buf and (len(buf) >= block_bytes or eof):
-            cut = _cut(buf, fmt.quoting, block_bytes) or _cut(buf, fmt.quoting)
+            cut = _cut(buf, quoting, block_bytes) or _cut(buf, quoting)
             if cut == 0:
                 if eof:
                     cut = len(buf)  # the last record, with no newline after it
@@ -143,10 +138,34 @@ def iter_blocks(
                     break
             piece = bytes(buf[:cut])
             del buf[:cut]
-            rows, bad = _parse(piece, fmt)
-            yield Block(offset, offset + cut, row_no, rows, bad, _longest_record(piece, len(rows)))
+            yield offset, piece
             offset += cut
-            row_no += len(rows)
+
+
+def parse_block(offset: int, piece: bytes, first_row: int, fmt: CsvFormat) -> Block:
+    """A piece of whole records parsed row by row with the csv module."""
+    rows, bad = _parse(piece, fmt)
+    return Block(offset, offset + len(piece), first_row, rows, bad, _longest_record(piece, len(rows)))
+
+
+def iter_blocks(
+    store: ObjectStore,
+    part: Partition,
+    start: int = 0,
+    end: int | None = None,
+    first_row: int = 1,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[Block]:
+    """Blocks of whole records from byte `start` (a record boundary) up to `end` (one too, or EOF).
+
+    Blank lines yield an empty row (csv does the same), so record numbers stay the lines a person sees
+    in the file for single-line records.
+    """
+    row_no = first_row
+    for offset, piece in iter_pieces(store, part, start, end, block_bytes):
+        block = parse_block(offset, piece, row_no, part.fmt)
+        yield block
+        row_no += len(block.rows)
 
 
 def read_header(store: ObjectStore, name: str, fmt: CsvFormat) -> list[str]:

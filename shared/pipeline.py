@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from shared import turns
+from shared.columnar import ColumnarProfiles
 from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
@@ -181,28 +182,8 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     source = _source_store(run)
     reader.check_unchanged(source)
     mapper = _mapper(run, reader.plan["columns"])
-    subscribing = run.get("mode") == "subscribe"
-    now = datetime.now(UTC)
-    emails_by_locator: dict[str, str] = {}
-    consenting: list[tuple[str, SubscribeProfile]] = []
-    counts = {"warnings": 0, "not_consented": 0}
-
-    def profiles():
-        for locator, row, email in reader.iter_unit(source, unit):
-            profile, warning = mapper.profile_json(row, email)
-            if subscribing:
-                consented, consented_at, consent_warning = mapper.consent_of(row, now)
-                warning = warning or consent_warning
-                if consented:
-                    consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
-                else:
-                    counts["not_consented"] += 1
-            counts["warnings"] += warning is not None
-            emails_by_locator[locator] = email
-            yield locator, profile
-
-    builder = BatchBuilder()
-    batches = list(builder.build(profiles()))
+    built = build_unit(reader, source, unit, mapper, subscribing=run.get("mode") == "subscribe")
+    batches, builder, emails_by_locator, consenting, counts = built
     jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting))
     for job in record["jobs"]:
         job["keys"] = [email_key(emails_by_locator[loc]) for loc in job["locators"]]
@@ -217,6 +198,51 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
         "subscribed": record["subscribed"],
         "not_consented": counts["not_consented"],
     }
+
+
+def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper: ProfileMapper, subscribing: bool):
+    """The CPU side of a push: the unit's rows read back, mapped and batched into bulk import jobs.
+    (batches, builder with oversize rejects, email by locator, consenting profiles, counts)"""
+    now = datetime.now(UTC)
+    emails_by_locator: dict[str, str] = {}
+    consenting: list[tuple[str, SubscribeProfile]] = []
+    counts = {"warnings": 0, "not_consented": 0}
+
+    columnar: dict[str, ColumnarProfiles] = {}
+
+    def profiles():
+        for chunk in reader.unit_chunks(unit):
+            if not subscribing:  # consent is read row by row
+                if chunk.part.name not in columnar:
+                    columnar[chunk.part.name] = ColumnarProfiles(chunk.part.fmt, mapper)
+                built = columnar[chunk.part.name].build(chunk.read(source), chunk.records, chunk.chosen)
+                if built is not None:
+                    made, emails, warnings = built
+                    counts["warnings"] += warnings
+                    label = chunk.part.label
+                    for row, profile, email in zip(
+                        (chunk.chosen + chunk.first_row).tolist(), made, emails, strict=True
+                    ):
+                        locator = f"{label}:{row}"
+                        emails_by_locator[locator] = email
+                        yield locator, profile
+                    continue
+            for locator, row, email in reader.iter_rows(source, chunk):
+                profile, warning = mapper.profile_json(row, email)
+                if subscribing:
+                    consented, consented_at, consent_warning = mapper.consent_of(row, now)
+                    warning = warning or consent_warning
+                    if consented:
+                        consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
+                    else:
+                        counts["not_consented"] += 1
+                counts["warnings"] += warning is not None
+                emails_by_locator[locator] = email
+                yield locator, profile
+
+    builder = BatchBuilder()
+    batches = list(builder.build(profiles()))
+    return batches, builder, emails_by_locator, consenting, counts
 
 
 async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict], dict]:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import xxhash
 
-from shared.csvscan import header_end, iter_blocks, row_has_bad_bytes
+from shared.columnar import ColumnarReader, lines_of, split_lines
+from shared.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
 from shared.errors import ExportError
 from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
 from shared.source import ExportSource, Partition
@@ -31,6 +33,7 @@ from shared.storage import ObjectStore
 
 REJECTS_SAMPLE = 20
 PROFILE_SIZE_CHECK = MAX_PROFILE_BYTES // 2  # rows whose fields add up to less cannot make a 100 KB profile
+PLAN_BLOCK_BYTES = 1024 * 1024  # large enough that Arrow's per-call cost vanishes, small enough to stay flat
 
 
 REC_DTYPE = np.dtype([("e", "<u8"), ("c", "<u8"), ("g", "<u8")])
@@ -92,7 +95,6 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     rejects = _Rejects()
     total_bytes = sum(p.size for p in source.partitions)
     done_bytes = 0
-    width, email_index = mapper.width, mapper.email_index
     content = mapper._content  # the itemgetter itself: a method call per row costs 10% of the pass
     xxh = xxhash.xxh3_64_intdigest
 
@@ -102,54 +104,33 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     rows_read = 0
 
     for pidx, part in enumerate(source.partitions):
-        start, first_row = 0, 1
+        start, row_no = 0, 1
         if part.fmt.header:
-            start, first_row = header_end(source.store, part), 2
+            start, row_no = header_end(source.store, part), 2
+        columnar = ColumnarReader(part.fmt, mapper)
         chunk: list[int] | None = None
-        for block in iter_blocks(source.store, part, start=start, first_row=first_row):
+        for offset, piece in iter_pieces(source.store, part, start=start, block_bytes=PLAN_BLOCK_BYTES):
             if chunk is None:
-                chunk = [pidx, block.start, block.end, block.first_row, next_gid, 0]
+                chunk = [pidx, offset, 0, row_no, next_gid, 0]
                 chunks.append(chunk)
-            base, row_no = next_gid, block.first_row
-            check_size = block.longest_record > PROFILE_SIZE_CHECK
-            rows = block.rows
-            emails = None
-            if not block.bad_utf8 and not check_size and set(map(len, rows)) == {width}:
-                emails = clean_emails([r[email_index] for r in rows])
-            if emails is not None:  # fast path: every row of the block is well-formed with a valid email
-                rows_read += len(rows)
-                gids = range(base, base + len(rows))
-                ekeys = [xxh(e) for e in emails]
-                # The fingerprint is keyed by the email already: it covers the mapped fields only.
-                ckeys = [xxh("\x1f".join(content(r))) for r in rows]
+            base = next_gid
+            fast = columnar.read(piece)
+            if fast is not None:  # every record of the block is well-formed with a valid email
+                records = rows_read_here = fast.rows
+                spill.add(np.arange(base, base + records, dtype=np.uint64), fast.ekeys, fast.ckeys, fast.emails)
             else:
-                gids, ekeys, ckeys, emails = [], [], [], []
-                for offset, row in enumerate(rows):
-                    if len(row) != width:
-                        if row:  # a blank line is not a row
-                            rows_read += 1
-                            rejects.add(part, row_no + offset, f"expected {width} fields, found {len(row)}")
-                        continue
-                    rows_read += 1
-                    email = row[email_index].strip().lower()
-                    if not email_ok(email) or block.bad_utf8 or check_size:
-                        problem = _row_problem(row, email, block.bad_utf8, check_size, part, mapper)
-                        if problem:
-                            rejects.add(part, row_no + offset, problem)
-                            continue
-                    gids.append(base + offset)
-                    emails.append(email)
-                    ekeys.append(xxh(email))
-                    ckeys.append(xxh("\x1f".join(content(row))))
-            next_gid += len(block.rows)
-            chunk[2] = block.end
-            chunk[5] += len(block.rows)
-            if ekeys:
-                spill.add(gids, ekeys, ckeys, emails)
+                block = parse_block(offset, piece, row_no, part.fmt)
+                records = len(block.rows)
+                rows_read_here = _plan_rows(block, part, base, mapper, spill, rejects, content, xxh)
+            rows_read += rows_read_here
+            next_gid += records
+            row_no += records
+            chunk[2] = offset + len(piece)
+            chunk[5] += records
             if chunk[5] >= opts.chunk_rows:
                 chunk = None
             if progress:
-                progress(done_bytes + block.end, total_bytes)
+                progress(done_bytes + offset + len(piece), total_bytes)
         done_bytes += part.size
         if progress:
             progress(done_bytes, total_bytes)
@@ -184,8 +165,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         bits[kept["g"][send].astype(np.int64)] = True
         to_send += int(send.sum())
         keys_file.write(np.ascontiguousarray(kept[["e", "c"]]).astype(KEYS_DTYPE).tobytes())
-        if len(by_key):
-            emails_file.write(("\n".join([emails[i] for i in by_key.tolist()]) + "\n").encode())
+        emails_file.write(lines_of(emails.take(pa.array(by_key))))
 
     if opts.max_profiles is not None and unique > opts.max_profiles:
         raise ExportError(
@@ -216,6 +196,44 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         "mapping_key": mapper.mapping_key,
         "plan_s": round(time.monotonic() - started, 3),
     }
+
+
+def _plan_rows(block: Block, part: Partition, base: int, mapper, spill, rejects, content, xxh) -> int:
+    """The row-by-row path for a block the columnar path did not take; returns the rows it read."""
+    width, email_index = mapper.width, mapper.email_index
+    rows, row_no = block.rows, block.first_row
+    check_size = block.longest_record > PROFILE_SIZE_CHECK
+    emails = None
+    if not block.bad_utf8 and not check_size and set(map(len, rows)) == {width}:
+        emails = clean_emails([r[email_index] for r in rows])
+    if emails is not None:  # every row is well-formed with a valid email
+        rows_read = len(rows)
+        gids = range(base, base + len(rows))
+        ekeys = [xxh(e) for e in emails]
+        ckeys = [xxh("\x1f".join(content(r))) for r in rows]
+    else:
+        rows_read = 0
+        gids, ekeys, ckeys, emails = [], [], [], []
+        for offset, row in enumerate(rows):
+            if len(row) != width:
+                if row:  # a blank line is not a row
+                    rows_read += 1
+                    rejects.add(part, row_no + offset, f"expected {width} fields, found {len(row)}")
+                continue
+            rows_read += 1
+            email = row[email_index].strip().lower()
+            if not email_ok(email) or block.bad_utf8 or check_size:
+                problem = _row_problem(row, email, block.bad_utf8, check_size, part, mapper)
+                if problem:
+                    rejects.add(part, row_no + offset, problem)
+                    continue
+            gids.append(base + offset)
+            emails.append(email)
+            ekeys.append(xxh(email))
+            ckeys.append(xxh("\x1f".join(content(row))))
+    if ekeys:
+        spill.add(gids, ekeys, ckeys, pa.array(emails, pa.string()))
+    return rows_read
 
 
 def _mirror_removals(opts: PlanOptions, state: SyncState | None, keys_file, unique: int) -> np.ndarray:
@@ -286,33 +304,33 @@ class _Spill:
         self._stack = ExitStack()
         count = 1 << self.bits if self.bits else 0
         self.files = [(self.temporary_file(), self.temporary_file()) for _ in range(count)]
-        self.memory: list[tuple[np.ndarray, list[str]]] = []
+        self.memory: list[tuple[np.ndarray, pa.StringArray]] = []
 
     def temporary_file(self):
         return self._stack.enter_context(tempfile.TemporaryFile())
 
-    def add(self, gids, ekeys: list[int], ckeys: list[int], emails: list[str]) -> None:
+    def add(self, gids, ekeys, ckeys, emails: pa.StringArray) -> None:
         rec = np.empty(len(ekeys), REC_DTYPE)
         rec["e"], rec["c"], rec["g"] = ekeys, ckeys, gids
         if not self.bits:
             self.memory.append((rec, emails))
             return
         bucket = rec["e"] >> np.uint64(64 - self.bits)
-        order = np.argsort(bucket, kind="stable")
+        order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
         rec, bucket = rec[order], bucket[order]
-        emails = [emails[i] for i in order.tolist()]
+        emails = emails.take(pa.array(order))
         bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64)).tolist()
         for b, (recs, texts) in enumerate(self.files):
             lo, hi = bounds[b], bounds[b + 1]
             if lo < hi:
                 recs.write(rec[lo:hi].tobytes())
-                texts.write(("\n".join(emails[lo:hi]) + "\n").encode())
+                texts.write(lines_of(emails.slice(lo, hi - lo)))
 
     def buckets(self):
         """(lowest key, highest key, records in row order, their emails) per bucket."""
         if not self.bits:
             rec = np.concatenate([r for r, _ in self.memory]) if self.memory else np.empty(0, REC_DTYPE)
-            emails = [e for _, batch in self.memory for e in batch]
+            emails = pa.concat_arrays([e for _, e in self.memory]) if self.memory else split_lines(b"")
             self.memory = []
             yield np.uint64(0), np.uint64(2**64 - 1), rec, emails
             return
@@ -321,8 +339,7 @@ class _Spill:
             recs.seek(0)
             texts.seek(0)
             rec = np.frombuffer(recs.read(), REC_DTYPE)
-            emails = texts.read().decode().split("\n")[:-1] if len(rec) else []
-            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec, emails
+            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec, split_lines(texts.read())
 
     def close(self) -> None:
         self._stack.close()

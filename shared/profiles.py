@@ -22,13 +22,13 @@ MAX_PROFILE_BYTES = FlushPolicy().max_profile_bytes  # Klaviyo's 100 KB, as the 
 
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_EMAIL_BODY = rf"{_LOCAL}@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
+EMAIL_BODY_PATTERN = rf"{_LOCAL}@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
 # Lengths ride in lookaheads so one fullmatch call is the whole check on the hot path.
-_EMAIL = re.compile(rf"(?=.{{3,254}}$)(?=[^@]{{1,64}}@){_EMAIL_BODY}")
+_EMAIL = re.compile(rf"(?=.{{3,254}}$)(?=[^@]{{1,64}}@){EMAIL_BODY_PATTERN}")
 email_ok = _EMAIL.fullmatch
 # The same check over a block of lower-cased emails, one per line: findall returns them trimmed, and a block
 # is clean exactly when it returns one per line.
-_EMAIL_LINES = re.compile(rf"^[ \t]*((?=[^\n]{{3,254}}$)(?=[^@\n]{{1,64}}@){_EMAIL_BODY})[ \t]*$", re.M)
+_EMAIL_LINES = re.compile(rf"^[ \t]*((?=[^\n]{{3,254}}$)(?=[^@\n]{{1,64}}@){EMAIL_BODY_PATTERN})[ \t]*$", re.M)
 
 
 def clean_emails(raw: list[str]) -> list[str] | None:
@@ -124,6 +124,7 @@ class ProfileMapper:
         # The fingerprint covers what is sent: mapped fields, and in subscribe mode the consent fields.
         consent_columns = {i for i in (self.consent_index, self.consented_at_index) if i is not None}
         content = sorted({index[src] for src in self.field_mappings} | consent_columns)
+        self.content_indexes = content
         if not content:
             self._content = lambda row: ()
         elif len(content) == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -37,30 +38,48 @@ class PlanReader:
             if source.info(part.name).etag != part.etag:
                 raise SourceError(f"{part.label} changed after this run was planned; start a new run")
 
+    def unit_chunks(self, unit: list[int]) -> Iterator[UnitChunk]:
+        """The chunks a unit covers, each with the records of it that the unit sends."""
+        first_chunk, skip, take = unit
+        for pidx, start, end, first_row, first_gid, records in self.plan["chunks"][first_chunk:]:
+            marked = np.flatnonzero(self.send[first_gid : first_gid + records])
+            if skip >= len(marked):
+                skip -= len(marked)
+                continue
+            chosen = marked[skip : skip + take]
+            skip, take = 0, take - len(chosen)
+            yield UnitChunk(self.partitions[pidx], start, end, first_row, records, chosen)
+            if take == 0:
+                return
+
+    def iter_rows(self, source: ObjectStore, chunk: UnitChunk) -> Iterator[tuple[str, list[str], str]]:
+        """(locator, row, normalised email) for each record of the chunk the unit sends, in file order."""
+        part, wanted = chunk.part, set(chunk.chosen.tolist())
+        offset = 0
+        for block in iter_blocks(source, part, start=chunk.start, end=chunk.end, first_row=chunk.first_row):
+            for i, row in enumerate(block.rows):
+                if offset + i in wanted:
+                    yield f"{part.label}:{block.first_row + i}", row, row[self.email_index].strip().lower()
+            offset += len(block.rows)
+        if offset != chunk.records:
+            raise SourceError(
+                f"{part.label}: bytes {chunk.start}-{chunk.end} read {offset} records, planned {chunk.records}"
+            )
+
     def iter_unit(self, source: ObjectStore, unit: list[int]) -> Iterator[tuple[str, list[str], str]]:
         """(locator, row, normalised email) for each row of the unit, in file order."""
-        first_chunk, skip, take = unit
-        chunks = self.plan["chunks"]
-        for ci in range(first_chunk, len(chunks)):
-            pidx, start, end, first_row, first_gid, records = chunks[ci]
-            wanted = self.send[first_gid : first_gid + records]
-            marked = int(wanted.sum())
-            if skip >= marked:
-                skip -= marked
-                continue
-            part = self.partitions[pidx]
-            offset = 0
-            for block in iter_blocks(source, part, start=start, end=end, first_row=first_row):
-                for i, row in enumerate(block.rows):
-                    if wanted[offset + i]:
-                        if skip:
-                            skip -= 1
-                            continue
-                        email = row[self.email_index].strip().lower()
-                        yield f"{part.label}:{block.first_row + i}", row, email
-                        take -= 1
-                        if take == 0:
-                            return
-                offset += len(block.rows)
-            if offset != records:
-                raise SourceError(f"{part.label}: chunk {ci} read {offset} records, planned {records}")
+        for chunk in self.unit_chunks(unit):
+            yield from self.iter_rows(source, chunk)
+
+
+@dataclass(frozen=True)
+class UnitChunk:
+    part: Partition
+    start: int
+    end: int
+    first_row: int
+    records: int
+    chosen: np.ndarray  # indexes of the records to send, within the chunk
+
+    def read(self, source: ObjectStore) -> bytes:
+        return b"".join(source.iter_bytes(self.part.name, self.start, self.end))

@@ -1,0 +1,90 @@
+"""CPU fast path on one core: read, validate, fingerprint (the plan pass), then read every unit back and build
+its bulk import bodies exactly as a push activity does (everything but the HTTP calls).
+
+    .venv/bin/python -m bench.bench_fastpath [--rows 1000000] [--runs 3]
+
+Each run is a fresh process pinned to one core (taskset when available), so its peak memory (ru_maxrss) is
+its own. Prints one JSON line per run, then the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.bench_plan import OUT, export_for
+
+MAPPINGS = {
+    "FirstName": "first_name",
+    "LastName": "last_name",
+    "City": "location.city",
+    "LoyaltyTier": "properties.tier",
+}
+
+
+def one_run(model: str) -> None:
+    import resource
+
+    from shared.klaviyo.batching import import_body
+    from shared.pipeline import build_unit
+    from shared.plan import plan_export
+    from shared.profiles import ProfileMapper
+    from shared.source import resolve_source_arg
+    from shared.storage import LocalStore
+    from shared.units import PlanReader
+
+    work = LocalStore(OUT / "work-fastpath")
+    source = resolve_source_arg(model)
+    mapper = ProfileMapper(source.columns, "Email", MAPPINGS)
+    t0 = time.perf_counter()
+    summary = plan_export(source, mapper, work, "bench/")
+    t1 = time.perf_counter()
+    reader = PlanReader(work, "bench/")
+    profiles = body_bytes = 0
+    for unit in summary["units"]:
+        batches = build_unit(reader, source.store, unit, mapper, subscribing=False)[0]
+        for batch in batches:
+            body_bytes += len(import_body(batch.profiles, "LIST01"))
+            profiles += len(batch)
+    t2 = time.perf_counter()
+    rows = summary["rows_read"]
+    print(json.dumps({
+        "rows": rows, "profiles": profiles, "body_mb": round(body_bytes / 1e6),
+        "plan_s": round(t1 - t0, 3), "bodies_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+        "plan_rows_per_s": round(rows / (t1 - t0)), "fastpath_rows_per_s": round(rows / (t2 - t0)),
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one_run(args.one)
+        return
+    model = export_for(args.rows)
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    results = []
+    for _ in range(args.runs):
+        proc = subprocess.run(
+            [*pin, sys.executable, "-m", "bench.bench_fastpath", "--one", str(model)],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        )  # fmt: skip
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]))
+    keys = ("plan_rows_per_s", "fastpath_rows_per_s", "plan_s", "bodies_s", "total_s")
+    medians = {f"median_{k}": statistics.median(r[k] for r in results) for k in keys}
+    print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The plan pass's columnar fast path: a block of whole records parsed by Arrow's CSV reader, then checked,
+keyed and fingerprinted a column at a time instead of a row at a time.
+
+It takes a block only when its result is certain to equal the row-by-row path's (the csv module's), and
+returns None otherwise, so that path keeps every edge case and owns every reject reason:
+- UTF-8 only, the whole block valid, and Arrow must parse it without an error (a record of the wrong width
+  is an error);
+- every email is ASCII (so lower-casing cannot differ) and passes the email check as it stands, after
+  trimming spaces and tabs (a blank line parses as a row of empty fields here, and fails this check);
+- no value is long enough that a profile could pass Klaviyo's 100 KB limit.
+Records are counted alike: Arrow and the csv module both end a record at \\n, \\r or \\r\\n outside quotes
+(tests compare the two paths on generated CSV).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import xxhash
+
+from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
+from shared.source import CsvFormat
+
+# RE2 (Arrow's regex engine) has no lookaheads: the lengths the row path checks in its pattern are checked
+# with length kernels instead.
+_EMAIL_RE2 = f"^{EMAIL_BODY_PATTERN}$"
+_UTF8 = {"utf-8", "utf8", "utf_8"}
+
+
+@dataclass
+class ColumnarBlock:
+    rows: int
+    ekeys: np.ndarray  # uint64 email keys, one per row
+    ckeys: np.ndarray  # uint64 content fingerprints
+    emails: pa.StringArray  # normalised emails
+
+
+def _hashes(strings: pa.Array) -> np.ndarray:
+    """xxh3-64 of each string's UTF-8 bytes: the same keys the row path computes from Python strings."""
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, strings.to_pylist()), np.uint64, len(strings))
+
+
+def _offsets(strings: pa.Array) -> np.ndarray:
+    return np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, offset=strings.offset * 4)
+
+
+def _data(strings: pa.Array, offsets: np.ndarray) -> np.ndarray:
+    return np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+
+
+class _ArrowCsv:
+    """Arrow's CSV reader set up to read records exactly as the csv module does (see the module's doc)."""
+
+    def __init__(self, fmt: CsvFormat, width: int, include: list[int]):
+        self.usable = fmt.encoding.lower() in _UTF8 and len(fmt.delimiter) == 1
+        names = [f"c{i}" for i in range(width)]
+        self.read_options = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 26)
+        self.parse_options = pacsv.ParseOptions(
+            delimiter=fmt.delimiter,
+            quote_char='"' if fmt.quoting else False,
+            double_quote=True,
+            escape_char=False,
+            newlines_in_values=True,
+            ignore_empty_lines=False,  # a blank line must still count as a record: row numbers depend on it
+        )
+        self.convert_options = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=True,
+            include_columns=[names[i] for i in dict.fromkeys(include)],  # the others are still parsed
+        )
+
+    def columns(self, piece: bytes) -> dict[int, pa.StringArray] | None:
+        """Column index -> values, or None when the piece is not for this path (not UTF-8, a wrong width)."""
+        if not self.usable:
+            return None
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(piece),
+                read_options=self.read_options,
+                parse_options=self.parse_options,
+                convert_options=self.convert_options,
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        return {int(name[1:]): table.column(name).combine_chunks() for name in table.column_names}
+
+
+class ColumnarReader:
+    """The plan pass's reading of a block: email keys, fingerprints and emails, or None."""
+
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+        self.email_index = mapper.email_index
+        self.content_indexes = mapper.content_indexes
+        self.csv = _ArrowCsv(fmt, mapper.width, [mapper.email_index, *mapper.content_indexes])
+        # A profile's JSON with every field filled: escaping can make a value at most 6 times its length.
+        self.skeleton_bytes = len(mapper.profile_json(["x"] * mapper.width, "a@b.co")[0]) + 64
+
+    def read(self, piece: bytes) -> ColumnarBlock | None:
+        try:  # the row path rejects a row with bad bytes in any field, mapped or not
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        columns = self.csv.columns(piece)
+        if columns is None:
+            return None
+        rows = len(columns[self.email_index])
+        if len(piece) * 6 + self.skeleton_bytes > MAX_PROFILE_BYTES:
+            longest = sum(int(np.diff(_offsets(col)).max(initial=0)) for col in columns.values())
+            if longest * 6 + self.skeleton_bytes > MAX_PROFILE_BYTES:
+                return None
+        raw = columns[self.email_index]
+        if rows == 0 or _data(raw, _offsets(raw)).max(initial=0) >= 128:  # not all ASCII
+            return None
+        emails = pc.ascii_lower(pc.ascii_trim(raw, " \t"))
+        offsets = _offsets(emails)
+        at = np.flatnonzero(_data(emails, offsets) == ord("@"))
+        lengths = np.diff(offsets)
+        if len(at) != rows or lengths.min() < 3 or lengths.max() > 254:
+            return None  # (every valid email has exactly one @)
+        local = at - (offsets[:-1] - offsets[0])
+        if local.min() < 1 or local.max() > 64:
+            return None
+        if not pc.all(pc.match_substring_regex(emails, _EMAIL_RE2)).as_py():
+            return None
+        # The fingerprint is keyed by the email already: it covers the mapped fields only, joined by \x1f.
+        content = [columns[i] for i in self.content_indexes]
+        if not content:
+            ckeys = np.full(rows, xxhash.xxh3_64_intdigest(""), np.uint64)
+        else:
+            ckeys = _hashes(content[0] if len(content) == 1 else pc.binary_join_element_wise(*content, "\x1f"))
+        return ColumnarBlock(rows, _hashes(emails), ckeys, emails)
+
+
+def lines_of(strings: pa.Array) -> memoryview:
+    """The strings as UTF-8 bytes, each followed by a newline, without a Python object per string."""
+    if len(strings) == 0:
+        return memoryview(b"")
+    joined = pc.binary_join_element_wise(strings, "", "\n")
+    offsets = np.frombuffer(joined.buffers()[1], np.int32, len(joined) + 1, offset=joined.offset * 4)
+    return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
+def split_lines(data: bytes) -> pa.StringArray:
+    """The inverse of lines_of."""
+    if not data:
+        return pa.array([], pa.string())
+    return pc.split_pattern(pa.array([data[:-1]], pa.binary()), "\n").flatten().cast(pa.string())
+
+
+_PHONE_JUNK_RE2 = r"[\t\n\x0b\x0c\r\x1c-\x1f ().\-/]"  # the row path's [\s().\-/] on ASCII text
+_E164_RE2 = r"^\+[1-9][0-9]{6,14}$"
+_RESERVED = {"email", "phone_number", "location", "properties"}
+
+
+def _cat(*parts) -> pa.StringArray:
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _ascii(strings: pa.Array) -> bool:
+    return _data(strings, _offsets(strings)).max(initial=0) < 128
+
+
+def _control_free(strings: pa.Array) -> bool:
+    return _data(strings, _offsets(strings)).min(initial=32) >= 32
+
+
+def _escaped(strings: pa.Array) -> pa.StringArray:
+    """JSON string content as orjson writes it, for text without control characters."""
+    return pc.replace_substring(pc.replace_substring(strings, "\\", "\\\\"), '"', '\\"')
+
+
+def _member(key: str, values: pa.StringArray) -> pa.StringArray:
+    """',"key":"value"' where the value is not empty, else ''."""
+    return pc.if_else(
+        pc.greater(pc.binary_length(values), 0), _cat(f',{orjson.dumps(key).decode()}:"', _escaped(values), '"'), ""
+    )
+
+
+def _object(key: str, members: list[pa.StringArray]) -> pa.StringArray:
+    """',"key":{...}' over the members that are there, else ''."""
+    inner = _cat(*members)
+    nested = _cat(f",{orjson.dumps(key).decode()}:{{", pc.utf8_slice_codeunits(inner, 1), "}")
+    return pc.if_else(pc.greater(pc.binary_length(inner), 0), nested, "")
+
+
+class ColumnarProfiles:
+    """Profiles for the rows a push unit sends, built a column at a time: byte for byte what
+    ProfileMapper.profile_json makes (tests compare the two). None for what only the row path handles:
+    subscribe mode (consent is read row by row), control characters in a value, a non-ASCII email or phone,
+    two mappings onto one attribute."""
+
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+        self.mapper = m = mapper
+        keys = (
+            [k for _, k in m.top]
+            + [f"location.{k}" for _, k in m.location]
+            + [f"properties.{k}" for _, k in m.properties]
+        )
+        self.usable = len(set(keys)) == len(keys) and not _RESERVED & {k for _, k in m.top}
+        used = [m.email_index, *(i for i, _ in m.top + m.location + m.properties)]
+        if m.phone_index is not None:
+            used.append(m.phone_index)
+        self.csv = _ArrowCsv(fmt, m.width, used)
+
+    def build(self, piece: bytes, records: int, chosen: np.ndarray) -> tuple[list[bytes], list[str], int] | None:
+        """(profiles, their emails, phone warnings) for the records at `chosen` of a piece of `records`."""
+        columns = self.csv.columns(piece) if self.usable else None
+        if columns is None or len(columns[self.mapper.email_index]) != records:
+            return None
+        if len(chosen) == 0:
+            return [], [], 0
+        taken = pa.array(chosen)
+        cols = {i: col.take(taken) for i, col in columns.items()}
+        m = self.mapper
+        if not all(_control_free(col) for i, col in cols.items() if i != m.email_index):
+            return None
+        raw_email = cols[m.email_index]
+        if not _ascii(raw_email):
+            return None
+        emails = pc.ascii_lower(pc.utf8_trim_whitespace(raw_email))
+        parts: list = ['{"type":"profile","attributes":{"email":"', emails, '"']
+        parts += [_member(key, pc.utf8_trim_whitespace(cols[i])) for i, key in m.top]
+        warnings = 0
+        if m.phone_index is not None:
+            raw_phone = pc.utf8_trim_whitespace(cols[m.phone_index])
+            if not _ascii(raw_phone):
+                return None
+            phone = pc.replace_substring_regex(pc.replace_substring_regex(raw_phone, _PHONE_JUNK_RE2, ""), "^00", "+")
+            present, valid = pc.greater(pc.binary_length(raw_phone), 0), pc.match_substring_regex(phone, _E164_RE2)
+            warnings = int(pc.sum(pc.and_(present, pc.invert(valid))).as_py() or 0)
+            parts.append(pc.if_else(pc.and_(present, valid), _cat(',"phone_number":"', phone, '"'), ""))
+        if m.location:
+            parts.append(_object("location", [_member(k, pc.utf8_trim_whitespace(cols[i])) for i, k in m.location]))
+        if m.properties:
+            parts.append(_object("properties", [_member(k, cols[i]) for i, k in m.properties]))
+        parts.append("}}")
+        profiles = _cat(*parts).cast(pa.binary()).to_pylist()
+        return profiles, emails.to_pylist(), warnings

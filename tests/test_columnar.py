@@ -1,0 +1,225 @@
+"""The plan pass's columnar (Arrow) fast path must give exactly what the row-by-row (csv module) path gives:
+the same counts, rejects, keys, emails, row numbers and units, whatever the input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import shared.plan as plan_module
+from shared.columnar import ColumnarProfiles, ColumnarReader
+from shared.plan import PlanOptions, SyncState, plan_export
+from shared.profiles import ProfileMapper
+from shared.source import CsvFormat, load_cdm
+from shared.storage import LocalStore
+from tests.readers import write_cdm
+
+COLS = ["CustomerId", "Email", "FirstName"]
+_READ = ColumnarReader.read  # hypothesis runs examples under one monkeypatch: wrap the original only
+FILES = ["plan.json", "send.bits", "keys.bin", "emails.txt", "rejects.ndjson"]
+
+
+def _plan(tmp_path, name: str, source, *, columnar: bool, block: int, monkeypatch, **options):
+    """Plan the export with or without the columnar path; (summary, workspace files, blocks it took)."""
+    taken = []
+
+    def counting(self, piece):
+        result = _READ(self, piece) if columnar else None
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(ColumnarReader, "read", counting)
+    monkeypatch.setattr(plan_module, "PLAN_BLOCK_BYTES", block)
+    mapper = ProfileMapper(source.columns, "Email", {"FirstName": "first_name"})
+    work = LocalStore(tmp_path / name / "work")
+    summary = plan_export(source, mapper, work, "run/", PlanOptions(chunk_rows=3, **options))
+    summary.pop("plan_s")
+    return summary, {f: work.read_bytes(f"run/{f}") for f in FILES}, taken
+
+
+def _source(tmp_path, parts: dict[str, bytes]):
+    store = LocalStore(tmp_path / "exports")
+    return load_cdm(store, write_cdm(store, COLS, parts), ["exports"], None)
+
+
+def _same_both_ways(tmp_path, parts, block, monkeypatch, **options) -> list[bool]:
+    source = _source(tmp_path, parts)
+    fast = _plan(tmp_path, "fast", source, columnar=True, block=block, monkeypatch=monkeypatch, **options)
+    slow = _plan(tmp_path, "slow", source, columnar=False, block=block, monkeypatch=monkeypatch, **options)
+    assert fast[0] == slow[0]
+    for name in FILES:
+        assert fast[1][name] == slow[1][name], name
+    return fast[2]
+
+
+def q(*fields: str) -> str:
+    return ",".join('"' + f.replace('"', '""') + '"' for f in fields)
+
+
+def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatch):
+    lines = [q(str(i), f"Person{i}@Example.com ", f'Ann "{i}",\r\nJr') for i in range(40)]
+    parts = {"a.csv": ("\ufeff" + "\r\n".join(lines) + "\r\n").encode(), "b.csv": "\n".join(lines[:10]).encode()}
+    taken = _same_both_ways(tmp_path, parts, 256, monkeypatch)
+    assert taken and all(taken)  # every block of a clean export is read column-wise
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        q("9", "bad@", "x"),  # an invalid email
+        q("9", "K\u212a@example.com", "x"),  # a Kelvin sign lower-cases to an ASCII k in Python
+        q("9", "a@example.com"),  # a short row
+        "",  # a blank line: a record that is not a row
+        q("9", "a@example.com", "x" * 120_000),  # a profile over 100 KB
+        q("9", "\u00e9@example.com", "x"),  # a non-ASCII email
+        q("9", "a@example.com\n", "x"),  # a line break inside the email field
+    ],
+)
+def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, bad):
+    lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(30)]
+    lines.insert(17, bad)
+    taken = _same_both_ways(tmp_path, {"a.csv": ("\r\n".join(lines) + "\r\n").encode()}, 200, monkeypatch)
+    assert True in taken and False in taken
+
+
+def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch):
+    lines = [q(str(i), f"p{i}@example.com", f"N{i}").encode() for i in range(20)]
+    lines.insert(5, b'"5","x@example.com","Ev\xff"')  # in a mapped field
+    lines.insert(12, b'"5\xff","y@example.com","Ev"')  # in a field that is not mapped: rejected all the same
+    taken = _same_both_ways(tmp_path, {"a.csv": b"\n".join(lines)}, 120, monkeypatch)
+    assert True in taken and False in taken
+
+
+def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch):
+    parts = {"a.csv": "\n".join(q(str(i), f"p{i}@example.com", f"N{i}") for i in range(50)).encode()}
+    source = _source(tmp_path / "first", parts)
+    first = _plan(tmp_path, "first", source, columnar=True, block=300, monkeypatch=monkeypatch)
+    keys = np.frombuffer(first[1]["keys.bin"], plan_module.KEYS_DTYPE).copy()
+    mapper = ProfileMapper(COLS, "Email", {"FirstName": "first_name"})
+    state = SyncState(keys[::2], mapper.mapping_key)  # half of them were confirmed earlier
+    _same_both_ways(tmp_path / "again", parts, 300, monkeypatch, state=state)
+
+
+VALID = ["a@b.co", " A@B.CO\t", "x.y+z@sub.example.io", "p@example.com", "P@EXAMPLE.COM", "q@xn--bcher-kva.example"]
+INVALID = ["bad@", "", "a@b.c", "\u00e9@example.com", "a b@example.com", "a@b.co\r\n"]
+text = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t\u00e9x@.')), max_size=10)
+clean_row = st.tuples(text, st.sampled_from(VALID), text).map(lambda r: q(*r))
+junk_row = st.one_of(
+    st.tuples(text, st.sampled_from(INVALID), text).map(lambda r: q(*r)),
+    st.lists(text, min_size=1, max_size=4).map(lambda r: q(*r)),  # the wrong width
+    st.text(alphabet=st.sampled_from(list('a@b.co ,"\r\t\u00e9')), max_size=14),  # raw, unquoted, stray quotes
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    rows=st.lists(clean_row, min_size=1, max_size=40),
+    junk=st.lists(st.tuples(st.integers(0, 40), junk_row), max_size=3),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    block=st.integers(16, 400),
+)
+def test_both_paths_agree_on_any_input(tmp_path_factory, monkeypatch, rows, junk, ending, block):
+    """Quoted fields with delimiters and line breaks, stray quotes, bare carriage returns, blank lines,
+    repeats, odd widths: counts, rejects, keys, emails and row numbers are the same both ways."""
+    tmp_path = tmp_path_factory.mktemp("agree")
+    for at, line in junk:
+        rows.insert(at, line)
+    data = ending.join(rows).encode()
+    _same_both_ways(tmp_path, {"a.csv": data, "b.csv": data[: len(data) // 2]}, block, monkeypatch)
+
+
+# -- profiles built column-wise for a push ------------------------------------------------------------------
+
+PUSH_COLS = ["Id", "Email", "First", "Phone", "City", "Tier", "Note"]
+PUSH_MAP = {"First": "first_name", "Phone": "phone_number", "City": "location.city", "Tier": "properties.tier",
+            "Note": "properties.note"}  # fmt: skip
+
+
+def _row_path(data: bytes, mapper: ProfileMapper, chosen) -> tuple[list[bytes], list[str], int]:
+    rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
+    made, emails, warnings = [], [], 0
+    for i in chosen:
+        email = rows[i][mapper.email_index].strip().lower()
+        profile, warning = mapper.profile_json(rows[i], email)
+        made.append(profile)
+        emails.append(email)
+        warnings += warning is not None
+    return made, emails, warnings
+
+
+def _csv_bytes(rows) -> bytes:
+    buf = io.StringIO(newline="")
+    csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+def test_profiles_built_column_wise_are_byte_for_byte_the_row_paths():
+    rows = [
+        ["1", " Ann@Example.com", " Ann ", "+1 (425) 555-0100", " Köln ", "Gold", 'say "hi" \\ bye'],
+        ["2", "bob@example.com", "", "0044 20 7946 0958", "", "", ""],
+        ["3", "cid@example.com", "Cid", "not a phone", "Zoë\u00a0", " spaced ", "é/ü"],
+        ["4", "dee@example.com", "\u2003", "", "", "", ""],
+    ]
+    data = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    built = ColumnarProfiles(CsvFormat(), mapper).build(data, len(rows), np.array([0, 1, 2, 3]))
+    assert built is not None
+    assert built == _row_path(data, mapper, [0, 1, 2, 3])
+    assert built[2] == 1  # "not a phone" is left out with a warning
+
+
+def test_control_characters_and_non_ascii_phones_go_row_by_row():
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    builder = ColumnarProfiles(CsvFormat(), mapper)
+    for bad in (
+        ["1", "a@example.com", "A", "", "", "", "line\nbreak"],
+        ["1", "a@example.com", "A", "+\u0661234567", "", "", ""],
+    ):
+        assert builder.build(_csv_bytes([bad]), 1, np.array([0])) is None
+    clash = ProfileMapper(PUSH_COLS, "Email", {"First": "first_name", "Note": "first_name"})
+    assert (
+        ColumnarProfiles(CsvFormat(), clash).build(
+            _csv_bytes([["1", "a@b.co", "A", "", "", "", "B"]]), 1, np.array([0])
+        )
+        is None
+    )
+
+
+def test_arrow_trims_exactly_the_whitespace_python_strips():
+    chars = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    values = ["x" + ch for ch in chars] + [ch + "x" for ch in chars]
+    assert pc.utf8_trim_whitespace(pa.array(values)).to_pylist() == [v.strip() for v in values]
+
+
+value = st.text(alphabet=st.sampled_from(list(' \t"\\,/xé\u00a0()-+0123456789')), max_size=14)
+push_row = st.tuples(
+    st.sampled_from(["1", "2"]),
+    st.sampled_from(["a@b.co", " A@B.CO\t", "p@example.com"]),
+    value,
+    value,
+    value,
+    value,
+    value,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(push_row, min_size=1, max_size=20), data=st.data())
+def test_column_wise_profiles_agree_with_the_row_path(rows, data):
+    chosen = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
+    raw = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    built = ColumnarProfiles(CsvFormat(), mapper).build(raw, len(rows), np.array(chosen))
+    tabs = any("\t" in field for i in chosen for field in rows[i][2:])
+    foreign_phone = any(not rows[i][3].strip().isascii() for i in chosen)
+    assert (built is None) == (tabs or foreign_phone)  # these go row by row
+    if built is not None:
+        assert built == _row_path(raw, mapper, chosen)
