@@ -209,39 +209,36 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     counts = {"warnings": 0, "not_consented": 0}
 
     columnar: dict[str, ColumnarProfiles] = {}
-
-    def profiles():
-        for chunk in reader.unit_chunks(unit):
-            if not subscribing:  # consent is read row by row
-                if chunk.part.name not in columnar:
-                    columnar[chunk.part.name] = ColumnarProfiles(chunk.part.fmt, mapper)
-                built = columnar[chunk.part.name].build(chunk.read(source), chunk.records, chunk.chosen)
-                if built is not None:
-                    made, emails, warnings = built
-                    counts["warnings"] += warnings
-                    label = chunk.part.label
-                    for row, profile, email in zip(
-                        (chunk.chosen + chunk.first_row).tolist(), made, emails, strict=True
-                    ):
-                        locator = f"{label}:{row}"
-                        emails_by_locator[locator] = email
-                        yield locator, profile
-                    continue
-            for locator, row, email in reader.iter_rows(source, chunk):
-                profile, warning = mapper.profile_json(row, email)
-                if subscribing:
-                    consented, consented_at, consent_warning = mapper.consent_of(row, now)
-                    warning = warning or consent_warning
-                    if consented:
-                        consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
-                    else:
-                        counts["not_consented"] += 1
-                counts["warnings"] += warning is not None
-                emails_by_locator[locator] = email
-                yield locator, profile
-
     builder = BatchBuilder()
-    batches = list(builder.build(profiles()))
+    batches = []
+    for chunk in reader.unit_chunks(unit):
+        if not subscribing:  # consent is read row by row
+            if chunk.part.name not in columnar:
+                columnar[chunk.part.name] = ColumnarProfiles(chunk.part.fmt, mapper)
+            built = columnar[chunk.part.name].build(chunk.read(source), chunk.records, chunk.chosen)
+            if built is not None:
+                made, emails, warnings = built
+                counts["warnings"] += warnings
+                label = chunk.part.label
+                locators = [f"{label}:{row}" for row in (chunk.chosen + chunk.first_row).tolist()]
+                emails_by_locator.update(zip(locators, emails, strict=True))
+                batches += builder.add_many(locators, made)
+                continue
+        for locator, row, email in reader.iter_rows(source, chunk):
+            profile, warning = mapper.profile_json(row, email)
+            if subscribing:
+                consented, consented_at, consent_warning = mapper.consent_of(row, now)
+                warning = warning or consent_warning
+                if consented:
+                    consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
+                else:
+                    counts["not_consented"] += 1
+            counts["warnings"] += warning is not None
+            emails_by_locator[locator] = email
+            if (full := builder.add(locator, profile)) is not None:
+                batches.append(full)
+    if (last := builder.flush()) is not None:
+        batches.append(last)
     return batches, builder, emails_by_locator, consenting, counts
 
 

@@ -140,3 +140,24 @@ def test_policy_rejects_impossible_limits():
         FlushPolicy(max_profiles=0)
     with pytest.raises(ValueError):
         FlushPolicy(max_body_bytes=100, max_profile_bytes=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs(), st.lists(st.integers(1, 20), max_size=6))
+def test_add_many_cuts_the_same_batches_as_add(case, cuts):
+    """Profiles added in groups (as a push adds each chunk's) give exactly the batches and rejects of adding
+    them one by one."""
+    policy, items = case
+    one, many = BatchBuilder(policy), BatchBuilder(policy)
+    expected = [b for b in one.build(items)]
+    got, start = [], 0
+    for size in [*cuts, len(items)]:
+        group = items[start : start + size]
+        got += many.add_many([loc for loc, _ in group], [p for _, p in group])
+        start += size
+    if (last := many.flush()) is not None:
+        got.append(last)
+    assert [(b.locators, b.profiles, b.payload_bytes) for b in got] == [
+        (b.locators, b.profiles, b.payload_bytes) for b in expected
+    ]
+    assert many.rejects == one.rejects

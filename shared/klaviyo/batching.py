@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .models import RejectedProfile
@@ -155,6 +156,29 @@ class BatchBuilder:
         self._bytes += size
         self._locators.append(locator)
         self._profiles.append(profile)
+        return full
+
+    def add_many(self, locators: Sequence[str], profiles: Sequence[bytes]) -> list[ImportBatch]:
+        """``add`` for many profiles at once: the same batches, cut with cumulative sizes instead of a
+        Python step per profile. Returns the batches that filled up."""
+        sizes = np.fromiter(map(len, profiles), np.int64, len(profiles))
+        if len(sizes) and (sizes.min() == 0 or sizes.max() > self.policy.max_profile_bytes):
+            return [full for pair in zip(locators, profiles, strict=True) if (full := self.add(*pair)) is not None]
+        ends = np.cumsum(sizes + 1)  # each profile with the comma before it
+        full, i, n = [], 0, len(profiles)
+        while i < n:
+            room_count = self.policy.max_profiles - len(self._profiles)
+            # The first profile of a batch has no comma before it.
+            room_bytes = self.policy.max_body_bytes - self._bytes + (0 if self._profiles else 1)
+            base = ends[i - 1] if i else 0
+            take = min(room_count, int(np.searchsorted(ends, base + room_bytes, side="right")) - i)
+            if take <= 0:  # the next profile does not fit (a batch always takes its first one)
+                full.append(self.flush())
+                continue
+            self._bytes += int(ends[i + take - 1] - base) - (0 if self._profiles else 1)
+            self._locators.extend(locators[i : i + take])
+            self._profiles.extend(profiles[i : i + take])
+            i += take
         return full
 
     def flush(self) -> ImportBatch | None:
