@@ -14,6 +14,9 @@ Records are counted alike: Arrow and the csv module both end a record at \\n, \\
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,21 @@ import xxhash
 
 from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _hold_memory_flat() -> None:
+    """Arrow's default pool (mimalloc) keeps freed pages per thread, and glibc gives each thread its own
+    arena: with 8 pushes in parallel a 1 M-row run peaked at 443 MB instead of 287 MB (bench/RESULTS.md).
+    So Arrow allocates with malloc, and glibc keeps to two arenas (threads share them)."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    if sys.platform == "linux":
+        with contextlib.suppress(AttributeError, OSError):  # not glibc (musl has no mallopt): nothing to tune
+            ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+
+
+_hold_memory_flat()
 
 # RE2 (Arrow's regex engine) has no lookaheads: the lengths the row path checks in its pattern are checked
 # with length kernels instead.
