@@ -191,21 +191,36 @@ def _control_free(strings: pa.Array) -> bool:
 
 def _escaped(strings: pa.Array) -> pa.StringArray:
     """JSON string content as orjson writes it, for text without control characters."""
+    data = _data(strings, _offsets(strings))
+    if not ((data == ord("\\")) | (data == ord('"'))).any():
+        return strings
     return pc.replace_substring(pc.replace_substring(strings, "\\", "\\\\"), '"', '\\"')
 
 
-def _member(key: str, values: pa.StringArray) -> pa.StringArray:
-    """',"key":"value"' where the value is not empty, else ''."""
-    return pc.if_else(
-        pc.greater(pc.binary_length(values), 0), _cat(f',{orjson.dumps(key).decode()}:"', _escaped(values), '"'), ""
-    )
+def _members(pairs: list[tuple[str, pa.StringArray]]) -> tuple[list, bool]:
+    """Parts of ',"key":"value"' for each pair, left out where the value is empty; and whether every row
+    has every member. A column with no empty value goes in as it is (no per-row choice to make)."""
+    parts, complete = [], True
+    for key, values in pairs:
+        head = f',{orjson.dumps(key).decode()}:"'
+        if len(values) and np.diff(_offsets(values)).min() > 0:
+            parts += [head, _escaped(values), '"']
+        else:
+            complete = False
+            member = _cat(head, _escaped(values), '"')
+            parts.append(pc.if_else(pc.greater(pc.binary_length(values), 0), member, ""))
+    return parts, complete
 
 
-def _object(key: str, members: list[pa.StringArray]) -> pa.StringArray:
-    """',"key":{...}' over the members that are there, else ''."""
-    inner = _cat(*members)
-    nested = _cat(f",{orjson.dumps(key).decode()}:{{", pc.utf8_slice_codeunits(inner, 1), "}")
-    return pc.if_else(pc.greater(pc.binary_length(inner), 0), nested, "")
+def _object(key: str, pairs: list[tuple[str, pa.StringArray]]) -> list:
+    """Parts of ',"key":{...}' over the members that are there, or nothing where none is."""
+    parts, complete = _members(pairs)
+    head = f",{orjson.dumps(key).decode()}:{{"
+    if complete:  # every row has every member: the first one's comma gives way to the object's head
+        return [head + parts[0][1:], *parts[1:], "}"]
+    inner = _cat(*parts)
+    nested = _cat(head, pc.utf8_slice_codeunits(inner, 1), "}")
+    return [pc.if_else(pc.greater(pc.binary_length(inner), 0), nested, "")]
 
 
 class ColumnarProfiles:
@@ -244,7 +259,7 @@ class ColumnarProfiles:
             return None
         emails = pc.ascii_lower(pc.utf8_trim_whitespace(raw_email))
         parts: list = ['{"type":"profile","attributes":{"email":"', emails, '"']
-        parts += [_member(key, pc.utf8_trim_whitespace(cols[i])) for i, key in m.top]
+        parts += _members([(key, pc.utf8_trim_whitespace(cols[i])) for i, key in m.top])[0]
         warnings = 0
         if m.phone_index is not None:
             raw_phone = pc.utf8_trim_whitespace(cols[m.phone_index])
@@ -255,9 +270,9 @@ class ColumnarProfiles:
             warnings = int(pc.sum(pc.and_(present, pc.invert(valid))).as_py() or 0)
             parts.append(pc.if_else(pc.and_(present, valid), _cat(',"phone_number":"', phone, '"'), ""))
         if m.location:
-            parts.append(_object("location", [_member(k, pc.utf8_trim_whitespace(cols[i])) for i, k in m.location]))
+            parts += _object("location", [(k, pc.utf8_trim_whitespace(cols[i])) for i, k in m.location])
         if m.properties:
-            parts.append(_object("properties", [_member(k, cols[i]) for i, k in m.properties]))
+            parts += _object("properties", [(k, cols[i]) for i, k in m.properties])
         parts.append("}}")
         profiles = _cat(*parts).cast(pa.binary()).to_pylist()
         return profiles, emails.to_pylist(), warnings
