@@ -29,17 +29,21 @@ import xxhash
 from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
+_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
 
 
 def _hold_memory_flat() -> None:
     """Arrow's default pool (mimalloc) keeps freed pages per thread, and glibc gives each thread its own
-    arena: with 8 pushes in parallel a 1 M-row run peaked at 443 MB instead of 287 MB (bench/RESULTS.md).
-    So Arrow allocates with malloc, and glibc keeps to two arenas (threads share them)."""
+    arena: with 8 pushes in parallel a 1 M-row run peaked at 443 MB instead of 287 MB. So Arrow allocates
+    with malloc, and glibc keeps to two arenas (threads share them). glibc also raises its mmap threshold
+    as large blocks are freed, until the plan's 1 MB pieces fragment its heap (256 MB at 5 M rows instead
+    of 195 MB): a fixed 2 MB threshold keeps them apart, at the same speed (bench/RESULTS.md)."""
     pa.set_memory_pool(pa.system_memory_pool())
     if sys.platform == "linux":
         with contextlib.suppress(AttributeError, OSError):  # not glibc (musl has no mallopt): nothing to tune
-            ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+            libc = ctypes.CDLL(None)
+            libc.mallopt(_M_ARENA_MAX, 2)
+            libc.mallopt(_M_MMAP_THRESHOLD, 2 * 1024 * 1024)
 
 
 _hold_memory_flat()
