@@ -45,13 +45,13 @@ def _plan(tmp_path, name: str, source, *, columnar: bool, block: int, monkeypatc
     return summary, {f: work.read_bytes(f"run/{f}") for f in FILES}, taken
 
 
-def _source(tmp_path, parts: dict[str, bytes]):
+def _source(tmp_path, parts: dict[str, bytes], settings: dict | None = None):
     store = LocalStore(tmp_path / "exports")
-    return load_cdm(store, write_cdm(store, COLS, parts), ["exports"], None)
+    return load_cdm(store, write_cdm(store, COLS, parts, settings=settings), ["exports"], None)
 
 
-def _same_both_ways(tmp_path, parts, block, monkeypatch, **options) -> list[bool]:
-    source = _source(tmp_path, parts)
+def _same_both_ways(tmp_path, parts, block, monkeypatch, settings=None, **options) -> list[bool]:
+    source = _source(tmp_path, parts, settings)
     fast = _plan(tmp_path, "fast", source, columnar=True, block=block, monkeypatch=monkeypatch, **options)
     slow = _plan(tmp_path, "slow", source, columnar=False, block=block, monkeypatch=monkeypatch, **options)
     assert fast[0] == slow[0]
@@ -96,6 +96,27 @@ def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch
     lines.insert(12, b'"5\xff","y@example.com","Ev"')  # in a field that is not mapped: rejected all the same
     taken = _same_both_ways(tmp_path, {"a.csv": b"\n".join(lines)}, 120, monkeypatch)
     assert True in taken and False in taken
+
+
+@pytest.mark.parametrize(
+    ("settings", "sep", "quoted"),
+    [
+        ({"delimiter": "\t", "quoteStyle": "QuoteStyle.None"}, "\t", False),
+        ({"delimiter": ";", "columnHeaders": True}, ";", True),
+        ({"encoding": "latin-1"}, ",", True),
+    ],
+)
+def test_format_settings_are_read_alike_both_ways(tmp_path, monkeypatch, settings, sep, quoted):
+    def line(*fields):
+        return sep.join(f'"{f}"' if quoted else f for f in fields)
+
+    lines = [line(str(i), f"P{i}@example.com", f'N"{i}' if not quoted else f"N;{i}") for i in range(30)]
+    lines.insert(9, line("9", "not-an-email", "x"))
+    if settings.get("columnHeaders"):
+        lines.insert(0, line(*COLS))
+    data = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    taken = _same_both_ways(tmp_path, {"a.csv": data}, 200, monkeypatch, settings=settings)
+    assert (True in taken) == (settings.get("encoding") is None)  # other encodings are read row by row
 
 
 def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch):
