@@ -146,14 +146,16 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     starts = np.array([c[4] for c in chunks], np.uint64)
     for lo, hi, rec, emails in spill.buckets():
         n = len(rec)
-        _, first_in_reversed = np.unique(rec["e"][::-1], return_index=True)
-        keep = np.sort(n - 1 - first_in_reversed)
-        if len(keep) != n:
-            dup = np.ones(n, bool)
-            dup[keep] = False
-            _record_duplicates(rec["g"][dup], starts, chunks, source.partitions, rejects)
-            duplicates += n - len(keep)
-        by_key = keep[np.argsort(rec["e"][keep], kind="stable")]
+        # One stable sort by key: a bucket's records are in row order, so the last of each run of equal keys
+        # is the email's latest row.
+        order = np.argsort(rec["e"], kind="stable")
+        keys = rec["e"][order]
+        latest = np.ones(n, bool)
+        latest[:-1] = keys[1:] != keys[:-1]
+        by_key = order[latest]
+        if len(by_key) != n:
+            _record_duplicates(rec["g"][order[~latest]], starts, chunks, source.partitions, rejects)
+            duplicates += n - len(by_key)
         kept = rec[by_key]
         unique += len(kept)
         send = np.ones(len(kept), bool)

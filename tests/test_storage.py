@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from shared.storage import BlobStore, LocalStore
 
 
@@ -30,3 +32,13 @@ def test_exclusive_create_and_conditional_delete(tmp_path, container):
         assert store.delete_if_unchanged("lock", etag) is False
         assert store.delete_if_unchanged("lock", store.info("lock").etag) is True
         assert not store.exists("lock")
+
+
+def test_local_store_names_cannot_leave_its_folder(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    store.write_bytes("a/b.txt", b"x")
+    assert store.read_bytes("a/../a/b.txt") == b"x"
+    for name in ("../outside.txt", "a/../../outside.txt", "/etc/passwd"):
+        with pytest.raises(ValueError, match="escapes the store"):
+            store.write_bytes(name, b"y")
+    assert not (tmp_path / "outside.txt").exists()

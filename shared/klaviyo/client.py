@@ -9,8 +9,11 @@ scrubbed from anything Klaviyo echoes back, so it cannot reach logs, reprs, erro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import re
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +139,13 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(i for i in items if i))
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """One verifying TLS context per process (and CA setting): building one loads the CA bundle, tens of
+    milliseconds of CPU, and every push makes a client (a quarter of a 1 M-row run's CPU before this)."""
+    return httpx.create_ssl_context()
+
+
 class KlaviyoClient:
     """Klaviyo REST client (revision ``REVISION``). Use as ``async with KlaviyoClient(key) as k:``.
 
@@ -175,6 +185,7 @@ class KlaviyoClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
         )
 
     # -- plumbing -------------------------------------------------------------------------------
