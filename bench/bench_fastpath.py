@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 
-from bench.bench_plan import OUT, export_for
+from bench.bench_plan import OUT, export_for, pinned_runs
 
 MAPPINGS = {
     "FirstName": "first_name",
@@ -71,16 +67,7 @@ def main() -> None:
     if args.one:
         one_run(args.one)
         return
-    model = export_for(args.rows)
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    results = []
-    for _ in range(args.runs):
-        proc = subprocess.run(
-            [*pin, sys.executable, "-m", "bench.bench_fastpath", "--one", str(model)],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
-        )  # fmt: skip
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]))
+    results = pinned_runs("bench.bench_fastpath", export_for(args.rows), args.runs)
     keys = ("plan_rows_per_s", "fastpath_rows_per_s", "plan_s", "bodies_s", "total_s")
     medians = {f"median_{k}": statistics.median(r[k] for r in results) for k in keys}
     print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))

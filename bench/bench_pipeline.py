@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from localdev.sample import write_ci_export
 from localdev.services import run_emulator
 from shared.klaviyo.client import KlaviyoClient
@@ -41,6 +43,10 @@ def new_list(url: str) -> str:
             return await client.create_list("bench")
 
     return asyncio.run(go())
+
+
+def emulator_429s(url: str) -> int:
+    return httpx.get(f"{url}/__emulator/stats").json()["throttled_429"]
 
 
 def run_cli(source: Path, list_id: str, url: str, work: Path) -> dict:
@@ -82,7 +88,9 @@ def main() -> None:
             for scenario in args.scenarios.split(","):
                 if scenario == "changed":
                     write_ci_export(store, args.rows, partitions=4, changed_every=100, version=1)
+                throttled = emulator_429s(url)
                 result = run_cli(source, list_id, url, work)
+                result["answered_429"] = emulator_429s(url) - throttled  # Klaviyo's "slow down", as counted there
                 print(json.dumps({"scenario": scenario, "rows": args.rows, "rate_limits": args.rate_limits, **result}))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -56,6 +56,21 @@ def one_run(model: str) -> None:
                       "rows_per_s": round(summary["rows_read"] / elapsed), "peak_mb": round(peak_mb, 1)}))  # fmt: skip
 
 
+def pinned_runs(module: str, model: Path, runs: int) -> list[dict]:
+    """`runs` fresh processes of `module --one model`, each pinned to one core (taskset when available) so
+    its peak memory is its own; the JSON line each prints, echoed as it comes."""
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run(
+            [*pin, sys.executable, "-m", module, "--one", str(model)],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        )  # fmt: skip
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -65,17 +80,7 @@ def main() -> None:
     if args.one:
         one_run(args.one)
         return
-    model = export_for(args.rows)
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    results = []
-    for _ in range(args.runs):
-        proc = subprocess.run(
-            [*pin, sys.executable, "-m", "bench.bench_plan", "--one", str(model)],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
-        )  # fmt: skip
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(result)
-        print(json.dumps(result))
+    results = pinned_runs("bench.bench_plan", export_for(args.rows), args.runs)
     print(
         json.dumps(
             {
