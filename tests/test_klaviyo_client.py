@@ -694,6 +694,8 @@ async def test_a_429_holds_back_every_caller_of_that_endpoint():
         await client.get_list("L1")  # another endpoint: its own bucket, not held back
     assert limiter_sleeps == [4.0]
     assert len(rec.requests) == 3
+    # The refused request's slot was given back: only the request Klaviyo took counts in that endpoint's windows.
+    assert [len(w.times) for w in limiter._bucket("M", "add_profiles_to_list").windows] == [1, 1]
 
 
 def test_query_strings_are_not_in_error_messages():

@@ -128,6 +128,18 @@ async def test_defer_holds_the_bucket_back():
     assert await limiter.acquire("M", "other") == 0.0
 
 
+async def test_a_refunded_slot_is_free_again():
+    """A request Klaviyo refused (429) did not count there; giving its slot back lets the next request take
+    it instead of waiting for the next window."""
+    clock = FakeClock(0.0)
+    limiter = RateLimiter({"T": Tier(100, 3)}, padding=0.0, clock=clock, sleep=clock.sleep)
+    slots = [(await limiter.take("T", "op"))[0] for _ in range(3)]
+    limiter.refund("T", "op", slots[1])
+    assert await limiter.acquire("T", "op") == 0.0  # the refunded slot: no wait
+    assert await limiter.acquire("T", "op") == pytest.approx(60.0)  # the window is full again
+    limiter.refund("T", "op", None)  # an unlimited client's slot: nothing to do
+
+
 def test_share_scales_limits_for_concurrent_workers():
     assert RateLimiter(share=0.5).limits("M") == Tier(5, 75)
     assert RateLimiter(share=0.01).limits("XS") == Tier(1, 1)

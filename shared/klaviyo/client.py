@@ -270,7 +270,7 @@ class KlaviyoClient:
         async def attempt_once() -> httpx.Response:
             nonlocal attempts
             attempts += 1
-            await self.limiter.acquire(ep.tier, ep.op)
+            slot, _ = await self.limiter.take(ep.tier, ep.op)
             self.stats.requests += 1
             try:
                 resp = await self._http.request(
@@ -287,6 +287,7 @@ class KlaviyoClient:
             retry_after = None
             if status == 429:
                 self.stats.throttled += 1
+                self.limiter.refund(ep.tier, ep.op, slot)
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))
             elif status >= 500:
                 self.stats.server_errors += 1
