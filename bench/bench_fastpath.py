@@ -9,12 +9,11 @@ its own. Prints one JSON line per run, then the medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
-from bench.bench_plan import OUT, export_for, pinned_runs
+from bench.bench_plan import OUT, pinned_runs
 
 MAPPINGS = {
     "FirstName": "first_name",
@@ -59,18 +58,11 @@ def one_run(model: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        one_run(args.one)
-        return
-    results = pinned_runs("bench.bench_fastpath", export_for(args.rows), args.runs)
-    keys = ("plan_rows_per_s", "fastpath_rows_per_s", "plan_s", "bodies_s", "total_s")
-    medians = {f"median_{k}": statistics.median(r[k] for r in results) for k in keys}
-    print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))
+    results = pinned_runs("bench.bench_fastpath", one_run)
+    if results:
+        keys = ("plan_rows_per_s", "fastpath_rows_per_s", "plan_s", "bodies_s", "total_s")
+        medians = {f"median_{k}": statistics.median(r[k] for r in results) for k in keys}
+        print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))
 
 
 if __name__ == "__main__":

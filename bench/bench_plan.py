@@ -56,12 +56,22 @@ def one_run(model: str) -> None:
                       "rows_per_s": round(summary["rows_read"] / elapsed), "peak_mb": round(peak_mb, 1)}))  # fmt: skip
 
 
-def pinned_runs(module: str, model: Path, runs: int) -> list[dict]:
-    """`runs` fresh processes of `module --one model`, each pinned to one core (taskset when available) so
-    its peak memory is its own; the JSON line each prints, echoed as it comes."""
+def pinned_runs(module: str, one_run) -> list[dict] | None:
+    """The benches' command line: `--one MODEL` is a single measured run (`one_run`); otherwise `--runs`
+    fresh processes of `module --one`, each pinned to one core (taskset when available) so its peak memory
+    is its own, on the export of `--rows`. Returns the JSON line each printed (echoed as it comes)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one_run(args.one)
+        return None
+    model = export_for(args.rows)
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     results = []
-    for _ in range(runs):
+    for _ in range(args.runs):
         proc = subprocess.run(
             [*pin, sys.executable, "-m", module, "--one", str(model)],
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
@@ -72,24 +82,13 @@ def pinned_runs(module: str, model: Path, runs: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        one_run(args.one)
-        return
-    results = pinned_runs("bench.bench_plan", export_for(args.rows), args.runs)
-    print(
-        json.dumps(
-            {
-                "median_rows_per_s": statistics.median(r["rows_per_s"] for r in results),
-                "median_seconds": statistics.median(r["seconds"] for r in results),
-                "max_peak_mb": max(r["peak_mb"] for r in results),
-            }
-        )
-    )
+    results = pinned_runs("bench.bench_plan", one_run)
+    if results:
+        medians = {
+            "median_rows_per_s": statistics.median(r["rows_per_s"] for r in results),
+            "median_seconds": statistics.median(r["seconds"] for r in results),
+        }
+        print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))
 
 
 if __name__ == "__main__":
