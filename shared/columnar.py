@@ -78,7 +78,7 @@ def _data(strings: pa.Array, offsets: np.ndarray) -> np.ndarray:
 class _ArrowCsv:
     """Arrow's CSV reader set up to read records exactly as the csv module does (see the module's doc)."""
 
-    def __init__(self, fmt: CsvFormat, width: int, include: list[int]):
+    def __init__(self, fmt: CsvFormat, width: int, include: list[int], check_utf8: bool = True):
         self.usable = fmt.encoding.lower() in _UTF8 and len(fmt.delimiter) == 1
         names = [f"c{i}" for i in range(width)]
         self.read_options = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 26)
@@ -94,7 +94,7 @@ class _ArrowCsv:
             column_types=dict.fromkeys(names, pa.string()),
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
-            check_utf8=True,
+            check_utf8=check_utf8,
             include_columns=[names[i] for i in dict.fromkeys(include)],  # the others are still parsed
         )
 
@@ -120,7 +120,9 @@ class ColumnarReader:
     def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
         self.email_index = mapper.email_index
         self.content_indexes = mapper.content_indexes
-        self.csv = _ArrowCsv(fmt, mapper.width, [mapper.email_index, *mapper.content_indexes])
+        # read() checks the whole block's UTF-8 first, so Arrow need not check the columns again.
+        include = [mapper.email_index, *mapper.content_indexes]
+        self.csv = _ArrowCsv(fmt, mapper.width, include, check_utf8=False)
         # A profile's JSON with every field filled: escaping can make a value at most 6 times its length.
         self.skeleton_bytes = len(mapper.profile_json(["x"] * mapper.width, "a@b.co")[0]) + 64
 
