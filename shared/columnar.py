@@ -28,8 +28,9 @@ import xxhash
 
 from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
+from shared.xxh3 import xxh3_64_array
 
-_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 
 def _hold_memory_flat() -> None:
@@ -37,13 +38,17 @@ def _hold_memory_flat() -> None:
     arena: with 8 pushes in parallel a 1 M-row run peaked at 443 MB instead of 287 MB. So Arrow allocates
     with malloc, and glibc keeps to two arenas (threads share them). glibc also raises its mmap threshold
     as large blocks are freed, until the plan's 1 MB pieces fragment its heap (256 MB at 5 M rows instead
-    of 195 MB): a fixed 2 MB threshold keeps them apart, at the same speed (bench/RESULTS.md)."""
+    of 195 MB): a fixed 2 MB threshold keeps them apart, at the same speed. And glibc hands free memory at
+    the top of its heap back to the system past 128 KB: each numpy or Arrow temporary of a block (80 KB for
+    10,000 keys) then faults its pages in afresh, which made the plan pass 20% slower. Keeping up to 32 MB
+    costs about 3 MB of peak (bench/RESULTS.md)."""
     pa.set_memory_pool(pa.system_memory_pool())
     if sys.platform == "linux":
         with contextlib.suppress(AttributeError, OSError):  # not glibc (musl has no mallopt): nothing to tune
             libc = ctypes.CDLL(None)
             libc.mallopt(_M_ARENA_MAX, 2)
             libc.mallopt(_M_MMAP_THRESHOLD, 2 * 1024 * 1024)
+            libc.mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
 
 
 _hold_memory_flat()
@@ -60,11 +65,6 @@ class ColumnarBlock:
     ekeys: np.ndarray  # uint64 email keys, one per row
     ckeys: np.ndarray  # uint64 content fingerprints
     emails: pa.StringArray  # normalised emails
-
-
-def _hashes(strings: pa.Array) -> np.ndarray:
-    """xxh3-64 of each string's UTF-8 bytes: the same keys the row path computes from Python strings."""
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, strings.to_pylist()), np.uint64, len(strings))
 
 
 def _offsets(strings: pa.Array) -> np.ndarray:
@@ -158,8 +158,8 @@ class ColumnarReader:
         if not content:
             ckeys = np.full(rows, xxhash.xxh3_64_intdigest(""), np.uint64)
         else:
-            ckeys = _hashes(content[0] if len(content) == 1 else pc.binary_join_element_wise(*content, "\x1f"))
-        return ColumnarBlock(rows, _hashes(emails), ckeys, emails)
+            ckeys = xxh3_64_array(content[0] if len(content) == 1 else pc.binary_join_element_wise(*content, "\x1f"))
+        return ColumnarBlock(rows, xxh3_64_array(emails), ckeys, emails)
 
 
 def lines_of(strings: pa.Array) -> memoryview:
