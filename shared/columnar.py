@@ -171,13 +171,6 @@ def lines_of(strings: pa.Array) -> memoryview:
     return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
-def split_lines(data: bytes) -> pa.StringArray:
-    """The inverse of lines_of."""
-    if not data:
-        return pa.array([], pa.string())
-    return pc.split_pattern(pa.array([data[:-1]], pa.binary()), "\n").flatten().cast(pa.string())
-
-
 _PHONE_JUNK_RE2 = r"[\t\n\x0b\x0c\r\x1c-\x1f ().\-/]"  # the row path's [\s().\-/] on ASCII text
 _E164_RE2 = r"^\+[1-9][0-9]{6,14}$"
 _RESERVED = {"email", "phone_number", "location", "properties"}

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from shared.columnar import ColumnarReader, lines_of, split_lines
+from shared.columnar import ColumnarReader, lines_of
 from shared.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
 from shared.errors import ExportError
 from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
@@ -36,7 +36,9 @@ PROFILE_SIZE_CHECK = MAX_PROFILE_BYTES // 2  # rows whose fields add up to less 
 PLAN_BLOCK_BYTES = 1024 * 1024  # large enough that Arrow's per-call cost vanishes, small enough to stay flat
 
 
-REC_DTYPE = np.dtype([("e", "<u8"), ("c", "<u8"), ("g", "<u8")])
+# The spill's records: rows of (email key, content fingerprint, row id), uint64. A plain 2-D array rather than a
+# structured one: numpy moves whole rows of it 15x faster (np.take along axis 0).
+E, C, G = 0, 1, 2
 KEYS_DTYPE = np.dtype([("e", "<u8"), ("c", "<u8")])  # email key, content fingerprint; sorted by email key
 
 
@@ -144,31 +146,35 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     unique = duplicates = to_send = 0
     keys_file, emails_file = spill.temporary_file(), spill.temporary_file()
     starts = np.array([c[4] for c in chunks], np.uint64)
+    beaten_rows: list[np.ndarray] = []  # row ids of duplicates, listed once all buckets are done (in row order)
     for lo, hi, rec, emails in spill.buckets():
         n = len(rec)
-        # One stable sort by key: a bucket's records are in row order, so the last of each run of equal keys
-        # is the email's latest row.
-        order = np.argsort(rec["e"], kind="stable")
-        keys = rec["e"][order]
-        latest = np.ones(n, bool)
-        latest[:-1] = keys[1:] != keys[:-1]
-        by_key = order[latest]
+        # Equal keys end up side by side; the latest row of each email (the highest position: a bucket's
+        # records are in row order) wins, and the others are duplicates.
+        order = np.argsort(rec[:, E])
+        keys = rec[order, E]
+        runs = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        by_key = order if len(runs) == n else np.maximum.reduceat(order, runs)
         if len(by_key) != n:
-            _record_duplicates(rec["g"][order[~latest]], starts, chunks, source.partitions, rejects)
+            beaten = np.ones(n, bool)
+            beaten[by_key] = False
+            beaten_rows.append(rec[beaten, G])
             duplicates += n - len(by_key)
-        kept = rec[by_key]
+        kept = np.take(rec, by_key, axis=0)
         unique += len(kept)
         send = np.ones(len(kept), bool)
         if use_state and len(state.keys):
             old = state.keys[np.searchsorted(state.keys["e"], lo) : np.searchsorted(state.keys["e"], hi, side="right")]
             if len(old):
-                pos = np.minimum(np.searchsorted(old["e"], kept["e"]), len(old) - 1)
-                send = (old["e"][pos] != kept["e"]) | (old["c"][pos] != kept["c"])
-        bits[kept["g"][send].astype(np.int64)] = True
+                pos = np.minimum(np.searchsorted(old["e"], kept[:, E]), len(old) - 1)
+                send = (old["e"][pos] != kept[:, E]) | (old["c"][pos] != kept[:, C])
+        bits[kept[send, G].astype(np.int64)] = True
         to_send += int(send.sum())
-        keys_file.write(np.ascontiguousarray(kept[["e", "c"]]).astype(KEYS_DTYPE).tobytes())
+        keys_file.write(kept[:, [E, C]].astype("<u8").tobytes())  # KEYS_DTYPE records
         emails_file.write(lines_of(emails.take(pa.array(by_key))))
 
+    if beaten_rows:
+        _record_duplicates(np.concatenate(beaten_rows), starts, chunks, source.partitions, rejects)
     if opts.max_profiles is not None and unique > opts.max_profiles:
         raise ExportError(
             f"the segment has {unique:,} profiles, over this export's max_profiles of {opts.max_profiles:,}; "
@@ -294,9 +300,9 @@ def _units(bits: np.ndarray, starts: np.ndarray, unit_profiles: int) -> list[lis
 
 
 class _Spill:
-    """Valid rows' (email key, fingerprint, row id) and emails, spread over temporary files by the top bits
-    of the email key: about 32 MB of source per bucket, so one bucket at a time fits in memory whatever the
-    export's size."""
+    """Valid rows' (email key, fingerprint, row id) and emails (their bytes, and their lengths), spread over
+    temporary files by the top bits of the email key: about 32 MB of source per bucket, so one bucket at a
+    time fits in memory whatever the export's size."""
 
     BUCKET_SOURCE_BYTES = 32 * 1024 * 1024
 
@@ -306,45 +312,56 @@ class _Spill:
         self._stack = ExitStack()
         count = 1 << self.bits if self.bits else 0
         self.files = [(self.temporary_file(), self.temporary_file()) for _ in range(count)]
+        self.lengths = [self.temporary_file() for _ in range(count)]  # each email's length in bytes (int32)
         self.memory: list[tuple[np.ndarray, pa.StringArray]] = []
 
     def temporary_file(self):
         return self._stack.enter_context(tempfile.TemporaryFile())
 
     def add(self, gids, ekeys, ckeys, emails: pa.StringArray) -> None:
-        rec = np.empty(len(ekeys), REC_DTYPE)
-        rec["e"], rec["c"], rec["g"] = ekeys, ckeys, gids
+        rec = np.empty((len(ekeys), 3), np.uint64)
+        rec[:, E], rec[:, C], rec[:, G] = ekeys, ckeys, gids
         if not self.bits:
             self.memory.append((rec, emails))
             return
-        bucket = rec["e"] >> np.uint64(64 - self.bits)
+        bucket = rec[:, E] >> np.uint64(64 - self.bits)
         order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
-        rec, bucket = rec[order], bucket[order]
+        rec, bucket = np.take(rec, order, axis=0), bucket[order]
         emails = emails.take(pa.array(order))
+        offsets = np.frombuffer(emails.buffers()[1], np.int32, len(emails) + 1)
+        text = memoryview(emails.buffers()[2])
+        lengths = np.diff(offsets)
         bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64)).tolist()
         for b, (recs, texts) in enumerate(self.files):
             lo, hi = bounds[b], bounds[b + 1]
             if lo < hi:
-                recs.write(rec[lo:hi].tobytes())
-                texts.write(lines_of(emails.slice(lo, hi - lo)))
+                recs.write(rec[lo:hi].astype("<u8").tobytes())
+                texts.write(text[offsets[lo] : offsets[hi]])
+                self.lengths[b].write(lengths[lo:hi].tobytes())
 
     def buckets(self):
         """(lowest key, highest key, records in row order, their emails) per bucket."""
         if not self.bits:
-            rec = np.concatenate([r for r, _ in self.memory]) if self.memory else np.empty(0, REC_DTYPE)
-            emails = pa.concat_arrays([e for _, e in self.memory]) if self.memory else split_lines(b"")
+            rec = np.concatenate([r for r, _ in self.memory]) if self.memory else np.empty((0, 3), np.uint64)
+            emails = pa.concat_arrays([e for _, e in self.memory]) if self.memory else pa.array([], pa.string())
             self.memory = []
             yield np.uint64(0), np.uint64(2**64 - 1), rec, emails
             return
         width = 1 << (64 - self.bits)
         for b, (recs, texts) in enumerate(self.files):
-            recs.seek(0)
-            texts.seek(0)
-            rec = np.frombuffer(recs.read(), REC_DTYPE)
-            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec, split_lines(texts.read())
+            rec = np.frombuffer(_read_all(recs), "<u8").reshape(-1, 3)
+            offsets = np.zeros(len(rec) + 1, np.int32)
+            np.cumsum(np.frombuffer(_read_all(self.lengths[b]), np.int32), out=offsets[1:])
+            emails = pa.StringArray.from_buffers(len(rec), pa.py_buffer(offsets), pa.py_buffer(_read_all(texts)))
+            yield np.uint64(b * width), np.uint64(b * width + width - 1), rec, emails
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _read_all(file) -> bytes:
+    file.seek(0)
+    return file.read()
 
 
 def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file, emails_file, rejects) -> None:

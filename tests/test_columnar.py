@@ -129,6 +129,26 @@ def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch):
     _same_both_ways(tmp_path / "again", parts, 300, monkeypatch, state=state)
 
 
+def test_spilling_to_buckets_plans_exactly_what_memory_plans(tmp_path, monkeypatch):
+    """A large export spreads its keys over temporary files by key (buckets) and de-duplicates one bucket at a
+    time: that must give the same files, row numbers and diff as keeping every key in memory."""
+    rows = [q(str(i), f"p{i % 700}@example.com", f"N{i}") for i in range(1_000)]  # 300 emails twice
+    rows.insert(400, q("x", "bad@", "x"))
+    parts = {"a.csv": "\n".join(rows[:600]).encode(), "b.csv": "\n".join(rows[600:]).encode()}
+    keys = np.frombuffer(_plan(tmp_path, "first", _source(tmp_path / "first", parts), columnar=True, block=2_000,
+                               monkeypatch=monkeypatch)[1]["keys.bin"], plan_module.KEYS_DTYPE).copy()  # fmt: skip
+    state = SyncState(keys[::3], ProfileMapper(COLS, "Email", {"FirstName": "first_name"}).mapping_key)
+    source = _source(tmp_path, parts)
+    in_memory = _plan(tmp_path, "memory", source, columnar=True, block=2_000, monkeypatch=monkeypatch, state=state)
+    monkeypatch.setattr(plan_module._Spill, "BUCKET_SOURCE_BYTES", 1_000)  # 32 buckets of keys
+    spilled = _plan(tmp_path, "spilled", source, columnar=True, block=2_000, monkeypatch=monkeypatch, state=state)
+    assert spilled[0] == in_memory[0]
+    assert (spilled[0]["duplicate_rows"], spilled[0]["rows_rejected"]) == (300, 1)
+    assert 0 < spilled[0]["profiles_to_send"] < spilled[0]["unique_profiles"]
+    for name in FILES:
+        assert spilled[1][name] == in_memory[1][name], name
+
+
 VALID = ["a@b.co", " A@B.CO\t", "x.y+z@sub.example.io", "p@example.com", "P@EXAMPLE.COM", "q@xn--bcher-kva.example"]
 INVALID = ["bad@", "", "a@b.c", "\u00e9@example.com", "a b@example.com", "a@b.co\r\n"]
 text = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t\u00e9x@.')), max_size=10)
