@@ -148,6 +148,27 @@ def parse_block(offset: int, piece: bytes, first_row: int, fmt: CsvFormat) -> Bl
     return Block(offset, offset + len(piece), first_row, rows, bad, _longest_record(piece, len(rows)))
 
 
+def records_span(piece: bytes, records: int, first: int, end: int) -> bytes | None:
+    """The bytes of records [first, end) of a piece of `records` whole records, found without parsing when
+    every record ends at a \\n: as many \\n as terminated records (so none is inside quotes) and no bare \\r
+    (the other terminator). None when that does not hold: the piece must then be parsed whole."""
+    if first == 0 and end == records:
+        return piece
+    if first >= end:
+        return b""
+    data = np.frombuffer(piece, np.uint8)
+    newline = data == ord("\n")
+    ends = np.flatnonzero(newline)
+    if len(ends) != (records if piece.endswith(b"\n") else records - 1):
+        return None
+    returns = np.flatnonzero(data == ord("\r"))
+    if len(returns) and (returns[-1] == len(data) - 1 or not newline[returns + 1].all()):
+        return None
+    start = int(ends[first - 1]) + 1 if first else 0
+    stop = int(ends[end - 1]) + 1 if end <= len(ends) else len(piece)
+    return piece[start:stop]
+
+
 def iter_blocks(
     store: ObjectStore,
     part: Partition,

@@ -18,6 +18,7 @@ import orjson
 
 from shared import turns
 from shared.columnar import ColumnarProfiles
+from shared.csvscan import records_span
 from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
@@ -215,7 +216,14 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
         if not subscribing:  # consent is read row by row
             if chunk.part.name not in columnar:
                 columnar[chunk.part.name] = ColumnarProfiles(chunk.part.fmt, mapper)
-            built = columnar[chunk.part.name].build(chunk.read(source), chunk.records, chunk.chosen)
+            # Parse only the records the unit sends (a unit mostly takes the end of one chunk and the start
+            # of the next), when they can be found without parsing.
+            first, end = int(chunk.chosen[0]), int(chunk.chosen[-1]) + 1
+            piece = chunk.read(source)
+            span = records_span(piece, chunk.records, first, end)
+            if span is None:
+                first, end, span = 0, chunk.records, piece
+            built = columnar[chunk.part.name].build(span, end - first, chunk.chosen - first)
             if built is not None:
                 made, emails, warnings = built
                 counts["warnings"] += warnings

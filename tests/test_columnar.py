@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import shared.plan as plan_module
 from shared.columnar import ColumnarProfiles, ColumnarReader
+from shared.csvscan import records_span
 from shared.plan import PlanOptions, SyncState, plan_export
 from shared.profiles import ProfileMapper
 from shared.source import CsvFormat, load_cdm
@@ -264,3 +265,37 @@ def test_column_wise_profiles_agree_with_the_row_path(rows, data):
     assert (built is None) == (tabs or foreign_phone)  # these go row by row
     if built is not None:
         assert built == _row_path(raw, mapper, chosen)
+
+
+# -- a push parses only the records it sends ---------------------------------------------------------------
+
+field_text = st.text(alphabet=st.sampled_from(list('ab,"\r\n')), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.lists(st.lists(field_text, min_size=1, max_size=3), min_size=1, max_size=12),
+    ending=st.sampled_from(["\n", "\r\n", "\r"]),
+    terminated=st.booleans(),
+    data=st.data(),
+)
+def test_a_span_of_records_found_without_parsing_is_exactly_those_records(fields, ending, terminated, data):
+    """records_span cuts at line ends only when no record can hold one; what it cuts parses to exactly the
+    records asked for, as the csv module reads them."""
+    records = [q(*f) if data.draw(st.booleans()) else ",".join(f) for f in fields]
+    piece = (ending.join(records) + (ending if terminated else "")).encode()
+    parsed = list(csv.reader(io.StringIO(piece.decode(), newline="")))
+    first = data.draw(st.integers(0, len(parsed) - 1)) if parsed else 0
+    end = data.draw(st.integers(first, len(parsed)))
+    span = records_span(piece, len(parsed), first, end)
+    if span is not None:
+        assert list(csv.reader(io.StringIO(span.decode(), newline=""))) == parsed[first:end]
+
+
+def test_records_span_of_a_clean_export_and_where_it_declines():
+    lines = [q(str(i), f"p{i}@example.com", "N") for i in range(6)]
+    clean = ("\r\n".join(lines) + "\r\n").encode()
+    assert records_span(clean, 6, 2, 4) == ("\r\n".join(lines[2:4]) + "\r\n").encode()
+    assert records_span(clean[:-2], 6, 4, 6) == ("\r\n".join(lines[4:])).encode()  # no final line end
+    assert records_span(clean.replace(b'"N"', b'"N\nM"', 1), 6, 2, 4) is None  # a line break inside quotes
+    assert records_span(clean.replace(b"\r\n", b"\r", 1), 6, 2, 4) is None  # a record ended by a bare \r
