@@ -241,13 +241,16 @@ class ColumnarProfiles:
             used.append(m.phone_index)
         self.csv = _ArrowCsv(fmt, m.width, used)
 
-    def build(self, piece: bytes, records: int, chosen: np.ndarray) -> tuple[list[bytes], list[str], int] | None:
-        """(profiles, their emails, phone warnings) for the records at `chosen` of a piece of `records`."""
+    def build(
+        self, piece: bytes, records: int, chosen: np.ndarray
+    ) -> tuple[list[bytes], np.ndarray, pa.StringArray, int] | None:
+        """(profiles, their sizes, their emails, phone warnings) for the records at `chosen` of a piece of
+        `records`."""
         columns = self.csv.columns(piece) if self.usable else None
         if columns is None or len(columns[self.mapper.email_index]) != records:
             return None
         if len(chosen) == 0:
-            return [], [], 0
+            return [], np.empty(0, np.int64), pa.array([], pa.string()), 0
         taken = pa.array(chosen)
         cols = {i: col.take(taken) for i, col in columns.items()}
         m = self.mapper
@@ -273,5 +276,5 @@ class ColumnarProfiles:
         if m.properties:
             parts += _object("properties", [(k, cols[i]) for i, k in m.properties])
         parts.append("}}")
-        profiles = _cat(*parts).cast(pa.binary()).to_pylist()
-        return profiles, emails.to_pylist(), warnings
+        profiles = _cat(*parts).cast(pa.binary())
+        return profiles.to_pylist(), np.diff(_offsets(profiles)), emails, warnings

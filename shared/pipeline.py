@@ -32,6 +32,7 @@ from shared.runtime import open_store, secrets
 from shared.source import open_source
 from shared.storage import ObjectStore
 from shared.units import PlanReader
+from shared.xxh3 import xxh3_64_array
 
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20
@@ -184,11 +185,11 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     reader.check_unchanged(source)
     mapper = _mapper(run, reader.plan["columns"])
     built = build_unit(reader, source, unit, mapper, subscribing=run.get("mode") == "subscribe")
-    batches, builder, emails_by_locator, consenting, counts = built
+    batches, builder, key_by_locator, consenting, counts = built
     jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting))
     for job in record["jobs"]:
-        job["keys"] = [email_key(emails_by_locator[loc]) for loc in job["locators"]]
-    record["rejected_keys"] = [email_key(emails_by_locator[f"{r['partition']}:{r['row']}"]) for r in record["rejected"]]
+        job["keys"] = [key_by_locator[loc] for loc in job["locators"]]
+    record["rejected_keys"] = [key_by_locator[f"{r['partition']}:{r['row']}"] for r in record["rejected"]]
     workspace.write_bytes(f"{prefix}push/{index:06d}.json", orjson.dumps(record))
     return {
         "unit": index,
@@ -203,9 +204,9 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
 
 def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper: ProfileMapper, subscribing: bool):
     """The CPU side of a push: the unit's rows read back, mapped and batched into bulk import jobs.
-    (batches, builder with oversize rejects, email by locator, consenting profiles, counts)"""
+    (batches, builder with oversize rejects, email key by locator, consenting profiles, counts)"""
     now = datetime.now(UTC)
-    emails_by_locator: dict[str, str] = {}
+    key_by_locator: dict[str, int] = {}
     consenting: list[tuple[str, SubscribeProfile]] = []
     counts = {"warnings": 0, "not_consented": 0}
 
@@ -225,12 +226,12 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
                 first, end, span = 0, chunk.records, piece
             built = columnar[chunk.part.name].build(span, end - first, chunk.chosen - first)
             if built is not None:
-                made, emails, warnings = built
+                made, sizes, emails, warnings = built
                 counts["warnings"] += warnings
                 label = chunk.part.label
                 locators = [f"{label}:{row}" for row in (chunk.chosen + chunk.first_row).tolist()]
-                emails_by_locator.update(zip(locators, emails, strict=True))
-                batches += builder.add_many(locators, made)
+                key_by_locator.update(zip(locators, xxh3_64_array(emails).tolist(), strict=True))
+                batches += builder.add_many(locators, made, sizes)
                 continue
         for locator, row, email in reader.iter_rows(source, chunk):
             profile, warning = mapper.profile_json(row, email)
@@ -242,12 +243,12 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
                 else:
                     counts["not_consented"] += 1
             counts["warnings"] += warning is not None
-            emails_by_locator[locator] = email
+            key_by_locator[locator] = email_key(email)
             if (full := builder.add(locator, profile)) is not None:
                 batches.append(full)
     if (last := builder.flush()) is not None:
         batches.append(last)
-    return batches, builder, emails_by_locator, consenting, counts
+    return batches, builder, key_by_locator, consenting, counts
 
 
 async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict], dict]:

@@ -158,10 +158,15 @@ class BatchBuilder:
         self._profiles.append(profile)
         return full
 
-    def add_many(self, locators: Sequence[str], profiles: Sequence[bytes]) -> list[ImportBatch]:
+    def add_many(
+        self, locators: Sequence[str], profiles: Sequence[bytes], sizes: np.ndarray | None = None
+    ) -> list[ImportBatch]:
         """``add`` for many profiles at once: the same batches, cut with cumulative sizes instead of a
-        Python step per profile. Returns the batches that filled up."""
-        sizes = np.fromiter(map(len, profiles), np.int64, len(profiles))
+        Python step per profile. Returns the batches that filled up. `sizes` (the profiles' lengths) saves
+        measuring them when the caller knows them."""
+        if sizes is None:
+            sizes = np.fromiter(map(len, profiles), np.int64, len(profiles))
+        sizes = sizes.astype(np.int64)
         if len(sizes) and (sizes.min() == 0 or sizes.max() > self.policy.max_profile_bytes):
             return [full for pair in zip(locators, profiles, strict=True) if (full := self.add(*pair)) is not None]
         ends = np.cumsum(sizes + 1)  # each profile with the comma before it
