@@ -177,7 +177,14 @@ _RESERVED = {"email", "phone_number", "location", "properties"}
 
 
 def _cat(*parts) -> pa.StringArray:
-    return pc.binary_join_element_wise(*parts, "")
+    """The parts joined row by row; neighbouring constants go in as one (Arrow's cost is per part and row)."""
+    merged: list = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return pc.binary_join_element_wise(*merged, "")
 
 
 def _ascii(strings: pa.Array) -> bool:
@@ -251,8 +258,11 @@ class ColumnarProfiles:
             return None
         if len(chosen) == 0:
             return [], np.empty(0, np.int64), pa.array([], pa.string()), 0
-        taken = pa.array(chosen)
-        cols = {i: col.take(taken) for i, col in columns.items()}
+        if len(chosen) == records:  # every record (chosen holds distinct indexes in order)
+            cols = columns
+        else:
+            taken = pa.array(chosen)
+            cols = {i: col.take(taken) for i, col in columns.items()}
         m = self.mapper
         if not all(_control_free(col) for i, col in cols.items() if i != m.email_index):
             return None
