@@ -153,7 +153,9 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         # records are in row order) wins, and the others are duplicates.
         order = np.argsort(rec[:, E])
         keys = rec[order, E]
-        runs = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        run_starts = np.ones(n, bool)
+        run_starts[1:] = keys[1:] != keys[:-1]
+        runs = np.flatnonzero(run_starts)
         by_key = order if len(runs) == n else np.maximum.reduceat(order, runs)
         if len(by_key) != n:
             beaten = np.ones(n, bool)

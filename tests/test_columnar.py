@@ -150,6 +150,17 @@ def test_spilling_to_buckets_plans_exactly_what_memory_plans(tmp_path, monkeypat
         assert spilled[1][name] == in_memory[1][name], name
 
 
+@pytest.mark.parametrize("bucket_bytes", [None, 10])  # in memory; spilled over 4,096 buckets, most empty
+def test_an_export_with_no_valid_row_plans_nothing_to_send(tmp_path, monkeypatch, bucket_bytes):
+    parts = {"a.csv": "\n".join(q(str(i), f"not-an-email-{i}", "N") for i in range(40)).encode()}
+    if bucket_bytes:
+        monkeypatch.setattr(plan_module._Spill, "BUCKET_SOURCE_BYTES", bucket_bytes)
+    summary, files, _ = _plan(tmp_path, "none", _source(tmp_path, parts), columnar=True, block=300,
+                              monkeypatch=monkeypatch)  # fmt: skip
+    assert (summary["rows_rejected"], summary["unique_profiles"], summary["units"]) == (40, 0, [])
+    assert files["keys.bin"] == files["emails.txt"] == b""
+
+
 VALID = ["a@b.co", " A@B.CO\t", "x.y+z@sub.example.io", "p@example.com", "P@EXAMPLE.COM", "q@xn--bcher-kva.example"]
 INVALID = ["bad@", "", "a@b.c", "\u00e9@example.com", "a b@example.com", "a@b.co\r\n"]
 text = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t\u00e9x@.')), max_size=10)
