@@ -168,9 +168,9 @@ def records_span(piece: bytes, records: int, first: int, end: int) -> bytes | No
     ends = np.flatnonzero(newline)
     if len(ends) != (records if piece.endswith(b"\n") else records - 1):
         return None
-    returns = np.flatnonzero(data == ord("\r"))
-    if len(returns) and (returns[-1] == len(data) - 1 or not newline[returns + 1].all()):
-        return None
+    returns = data == ord("\r")
+    if returns.any() and np.count_nonzero(returns) != np.count_nonzero(returns[:-1] & newline[1:]):
+        return None  # a \r that is not followed by \n
     start = int(ends[first - 1]) + 1 if first else 0
     stop = int(ends[end - 1]) + 1 if end <= len(ends) else len(piece)
     return piece[start:stop]
