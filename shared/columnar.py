@@ -195,6 +195,19 @@ def _control_free(strings: pa.Array) -> bool:
     return _data(strings, _offsets(strings)).min(initial=32) >= 32
 
 
+def _trimmed(strings: pa.Array) -> pa.StringArray:
+    """Python's str.strip() of each value (Arrow's Unicode trim strips the same characters; a test checks
+    every code point). Skipped when no value starts or ends with anything but printable ASCII that is not a
+    space: there is nothing to strip then, and most columns are like that."""
+    offsets = _offsets(strings)
+    filled = np.flatnonzero(np.diff(offsets))
+    data = np.frombuffer(strings.buffers()[2], np.uint8) if len(filled) else np.empty(0, np.uint8)
+    ends = np.concatenate((data[offsets[filled]], data[offsets[filled + 1] - 1]))
+    if ((ends > 32) & (ends < 127)).all():
+        return strings
+    return pc.utf8_trim_whitespace(strings)
+
+
 def _escaped(strings: pa.Array) -> pa.StringArray:
     """JSON string content as orjson writes it, for text without control characters."""
     data = _data(strings, _offsets(strings))
@@ -269,12 +282,12 @@ class ColumnarProfiles:
         raw_email = cols[m.email_index]
         if not _ascii(raw_email):
             return None
-        emails = pc.ascii_lower(pc.utf8_trim_whitespace(raw_email))
+        emails = pc.ascii_lower(_trimmed(raw_email))
         parts: list = ['{"type":"profile","attributes":{"email":"', emails, '"']
-        parts += _members([(key, pc.utf8_trim_whitespace(cols[i])) for i, key in m.top])[0]
+        parts += _members([(key, _trimmed(cols[i])) for i, key in m.top])[0]
         warnings = 0
         if m.phone_index is not None:
-            raw_phone = pc.utf8_trim_whitespace(cols[m.phone_index])
+            raw_phone = _trimmed(cols[m.phone_index])
             if not _ascii(raw_phone):
                 return None
             phone = pc.replace_substring_regex(pc.replace_substring_regex(raw_phone, _PHONE_JUNK_RE2, ""), "^00", "+")
@@ -282,7 +295,7 @@ class ColumnarProfiles:
             warnings = int(pc.sum(pc.and_(present, pc.invert(valid))).as_py() or 0)
             parts.append(pc.if_else(pc.and_(present, valid), _cat(',"phone_number":"', phone, '"'), ""))
         if m.location:
-            parts += _object("location", [(k, pc.utf8_trim_whitespace(cols[i])) for i, k in m.location])
+            parts += _object("location", [(k, _trimmed(cols[i])) for i, k in m.location])
         if m.properties:
             parts += _object("properties", [(k, cols[i]) for i, k in m.properties])
         parts.append("}}")
