@@ -252,8 +252,7 @@ def _mirror_removals(opts: PlanOptions, state: SyncState | None, keys_file, uniq
     export must not empty a list)."""
     if state is None or len(state.keys) == 0:
         return np.empty(0, np.uint64)
-    keys_file.seek(0)
-    current = np.frombuffer(keys_file.read(), KEYS_DTYPE)["e"]
+    current = np.frombuffer(_read_all(keys_file), KEYS_DTYPE)["e"]
     gone = state.keys["e"][~np.isin(state.keys["e"], current, assume_unique=True)]
     share = len(gone) / len(state.keys)
     if share > opts.mirror_share and not opts.allow_mass_removal:
