@@ -91,7 +91,7 @@ class LocalFolderHistoryStore(HistoryStore):
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
+                handle.write(json.dumps(record))  # dumps is C; dump to a file runs the pure-Python encoder
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
