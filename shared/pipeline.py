@@ -124,11 +124,6 @@ def _client(run: dict) -> KlaviyoClient:
     return KlaviyoClient(api_key, base_url, limiter=limiter)
 
 
-def _split_locator(locator: str) -> dict:
-    partition, _, row = locator.rpartition(":")
-    return {"partition": partition, "row": int(row) if row.isdigit() else row}
-
-
 # -- one run at a time per export ------------------------------------------------------------------
 
 
@@ -186,10 +181,11 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
     mapper = _mapper(run, reader.plan["columns"])
     built = build_unit(reader, source, unit, mapper, subscribing=run.get("mode") == "subscribe")
     batches, builder, key_by_locator, consenting, counts = built
-    jobs, record = asyncio.run(_submit(run, batches, builder.rejects, consenting))
+    jobs, record, refused = asyncio.run(_submit(run, batches, builder.rejects, consenting))
     for job in record["jobs"]:
         job["keys"] = [key_by_locator[loc] for loc in job["locators"]]
-    record["rejected_keys"] = [key_by_locator[f"{r['partition']}:{r['row']}"] for r in record["rejected"]]
+    record["rejected"] = [{**reader.where(r.locator), "reason": r.detail} for r in refused]
+    record["rejected_keys"] = [key_by_locator[r.locator] for r in refused]
     workspace.write_bytes(f"{prefix}push/{index:06d}.json", orjson.dumps(record))
     return {
         "unit": index,
@@ -228,8 +224,7 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
             if built is not None:
                 made, sizes, emails, warnings = built
                 counts["warnings"] += warnings
-                label = chunk.part.label
-                locators = [f"{label}:{row}" for row in (chunk.chosen + chunk.first_row).tolist()]
+                locators = list(map(str, (chunk.chosen + chunk.first_gid).tolist()))  # row ids: see PlanReader.where
                 key_by_locator.update(zip(locators, xxh3_64_array(emails).tolist(), strict=True))
                 batches += builder.add_many(locators, made, sizes)
                 continue
@@ -251,7 +246,7 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     return batches, builder, key_by_locator, consenting, counts
 
 
-async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict], dict]:
+async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict], dict, list]:
     jobs: list[dict] = []
     refused = list(oversize)
     record: dict = {"jobs": [], "subscribed": 0}
@@ -262,14 +257,13 @@ async def _submit(run: dict, batches, oversize, consenting) -> tuple[list[dict],
             if result.job_id:
                 jobs.append({"id": result.job_id, "total": result.submitted})
                 record["jobs"].append({"id": result.job_id, "locators": list(result.locators)})
-        record["rejected"] = [{**_split_locator(r.locator), "reason": r.detail} for r in refused]
         if consenting:
             # Only people whose consent the export records, and whose profile Klaviyo took.
             refused_at = {r.locator for r in refused}
             ok = [profile for locator, profile in consenting if locator not in refused_at]
             await client.subscribe_profiles(run["list_id"], ok, custom_source=SUBSCRIBE_SOURCE)
             record["subscribed"] = len(ok)
-    return jobs, record
+    return jobs, record, refused
 
 
 # -- mirror: remove who left the segment --------------------------------------------------------------
@@ -421,6 +415,7 @@ async def _collect_failures(
     errors, or in a job that never completed. Returns them (with locators) and their email keys."""
     failures: list[dict] = []
     excluded: set[int] = set()
+    where = PlanReader(workspace, prefix).where
     # Only the pushes this run's orchestration recorded (a retried push overwrote its own record).
     units = sorted({p["unit"] for p in pushes})
     async with _client(run) as client:
@@ -433,7 +428,7 @@ async def _collect_failures(
                 if state is None or state["status"] != "complete":
                     status = state["status"] if state else "unknown"
                     for loc in job["locators"]:
-                        failures.append({**_split_locator(loc), "reason": f"import job {status}", "kind": "failed"})
+                        failures.append({**where(loc), "reason": f"import job {status}", "kind": "failed"})
                     excluded.update(job["keys"])
                     continue
                 if not state["failed"]:
@@ -442,7 +437,7 @@ async def _collect_failures(
                     if err.index is None or not 0 <= err.index < len(job["locators"]):
                         continue
                     reason = err.detail or err.title or err.code
-                    failures.append({**_split_locator(job["locators"][err.index]), "reason": reason, "kind": "failed"})
+                    failures.append({**where(job["locators"][err.index]), "reason": reason, "kind": "failed"})
                     excluded.add(job["keys"][err.index])
     return failures, excluded
 

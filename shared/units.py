@@ -31,6 +31,19 @@ class PlanReader:
             for p in self.plan["partitions"]
         ]
         self.email_index = self.plan["columns"].index(self.plan["email_field"])
+        self._chunk_starts = np.array([c[4] for c in self.plan["chunks"]], np.int64)
+
+    def where(self, locator: str) -> dict:
+        """{"partition", "row"} of a locator: a row id of this plan (a push's locators are row ids, short
+        to build and store), or "partition:row" as written before row ids were used."""
+        if not locator.isdigit():
+            partition, _, row = locator.rpartition(":")
+            return {"partition": partition, "row": int(row) if row.isdigit() else row}
+        gid = int(locator)
+        pidx, _, _, first_row, first_gid, _ = self.plan["chunks"][
+            int(np.searchsorted(self._chunk_starts, gid, "right")) - 1
+        ]
+        return {"partition": self.partitions[pidx].label, "row": first_row + gid - first_gid}
 
     def check_unchanged(self, source: ObjectStore) -> None:
         """Byte ranges are only valid for the files that were planned: refuse a source rewritten since."""
@@ -48,18 +61,19 @@ class PlanReader:
                 continue
             chosen = marked[skip : skip + take]
             skip, take = 0, take - len(chosen)
-            yield UnitChunk(self.partitions[pidx], start, end, first_row, records, chosen)
+            yield UnitChunk(self.partitions[pidx], start, end, first_row, first_gid, records, chosen)
             if take == 0:
                 return
 
     def iter_rows(self, source: ObjectStore, chunk: UnitChunk) -> Iterator[tuple[str, list[str], str]]:
-        """(locator, row, normalised email) for each record of the chunk the unit sends, in file order."""
+        """(locator, row, normalised email) for each record of the chunk the unit sends, in file order; the
+        locator is the row id (see `where`)."""
         part, wanted = chunk.part, set(chunk.chosen.tolist())
         offset = 0
         for block in iter_blocks(source, part, start=chunk.start, end=chunk.end, first_row=chunk.first_row):
             for i, row in enumerate(block.rows):
                 if offset + i in wanted:
-                    yield f"{part.label}:{block.first_row + i}", row, row[self.email_index].strip().lower()
+                    yield str(chunk.first_gid + offset + i), row, row[self.email_index].strip().lower()
             offset += len(block.rows)
         if offset != chunk.records:
             raise SourceError(
@@ -78,6 +92,7 @@ class UnitChunk:
     start: int
     end: int
     first_row: int
+    first_gid: int  # row id of the chunk's first record
     records: int
     chosen: np.ndarray  # indexes of the records to send, within the chunk
 

@@ -48,7 +48,11 @@ def plan_and_read(source: ExportSource, email_field: str, workspace: ObjectStore
     mapper = ProfileMapper(source.columns, email_field, mappings or {})
     summary = plan_export(source, mapper, workspace, "run/", PlanOptions(**options))
     reader = PlanReader(workspace, "run/")
-    sent = [(loc, email, row) for unit in summary["units"] for loc, row, email in reader.iter_unit(source.store, unit)]
+    sent = [
+        ("{partition}:{row}".format(**reader.where(loc)), email, row)
+        for unit in summary["units"]
+        for loc, row, email in reader.iter_unit(source.store, unit)
+    ]
     return summary, sent
 
 

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import shared.plan as plan_module
 from shared.csvscan import iter_blocks
 from shared.errors import ConfigError, SourceError
 from shared.source import CsvFormat, Partition, load_cdm, load_csv, map_location, resolve_source_arg
 from shared.storage import BlobStore, LocalStore
+from shared.units import PlanReader
 from tests.readers import plan_and_read, rejects, write_cdm
 
 COLS = ["CustomerId", "Email", "FirstName"]
@@ -155,6 +157,28 @@ def test_units_split_the_rows_to_send_and_cover_each_once(tmp_path):
     assert len(sent) == summary["profiles_to_send"] == 2_345
     assert len({email for _, email, _ in sent}) == 2_345
     assert [u[2] for u in summary["units"]] == [250] * 9 + [95]
+
+
+def test_a_push_locator_names_its_partition_and_row(tmp_path, monkeypatch):
+    """A push's locators are row ids; PlanReader.where turns them into the partition and row a report
+    shows, across chunks and partitions, and still reads a "partition:row" locator written before."""
+    store = LocalStore(tmp_path)
+    rows = "".join(f"{i},u{i}@x.io,N{i}\n" for i in range(250)).encode()
+    source = load_cdm(store, write_cdm(store, COLS, {"a.csv": rows, "b.csv": rows}), [], None)
+    work = LocalStore(tmp_path / "w")
+    monkeypatch.setattr(plan_module, "PLAN_BLOCK_BYTES", 500)  # blocks of ~30 rows: chunks of 40 or more
+    plan_and_read(source, "Email", work, chunk_rows=40)  # the second file repeats the first: it wins
+    reader = PlanReader(work, "run/")
+    assert len(reader.plan["chunks"]) > 6
+    a, b = (p.label for p in reader.partitions)
+    assert [reader.where(str(gid)) for gid in (0, 41, 249, 250, 499)] == [
+        {"partition": a, "row": 1},
+        {"partition": a, "row": 42},
+        {"partition": a, "row": 250},
+        {"partition": b, "row": 1},
+        {"partition": b, "row": 250},
+    ]
+    assert reader.where("old/Seg_1.csv:17") == {"partition": "old/Seg_1.csv", "row": 17}
 
 
 def test_cdm_export_in_blob_storage(container):
