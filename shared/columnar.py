@@ -201,8 +201,10 @@ def _trimmed(strings: pa.Array) -> pa.StringArray:
     space: there is nothing to strip then, and most columns are like that."""
     offsets = _offsets(strings)
     filled = np.flatnonzero(np.diff(offsets))
-    data = np.frombuffer(strings.buffers()[2], np.uint8) if len(filled) else np.empty(0, np.uint8)
-    ends = np.concatenate((data[offsets[filled]], data[offsets[filled + 1] - 1]))
+    if not len(filled):
+        return strings
+    data, starts = _data(strings, offsets), offsets - offsets[0]
+    ends = np.concatenate((data[starts[filled]], data[starts[filled + 1] - 1]))
     if ((ends > 32) & (ends < 127)).all():
         return strings
     return pc.utf8_trim_whitespace(strings)

@@ -30,6 +30,7 @@ from shared.errors import ExportError
 from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
 from shared.source import ExportSource, Partition
 from shared.storage import ObjectStore
+from shared.units import rows_of
 
 REJECTS_SAMPLE = 20
 PROFILE_SIZE_CHECK = MAX_PROFILE_BYTES // 2  # rows whose fields add up to less cannot make a 100 KB profile
@@ -276,13 +277,9 @@ def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:
 
 
 def _record_duplicates(dup_gids: np.ndarray, starts: np.ndarray, chunks, parts, rejects: _Rejects) -> None:
-    """Duplicates are listed in the rejects file too (kind "duplicate"), so no row disappears unexplained.
-    A row number is the record's 1-based position in its partition file (a header row is record 1)."""
-    dup_gids = np.sort(dup_gids)
-    chunk_of = np.searchsorted(starts, dup_gids, side="right") - 1
-    for gid, ci in zip(dup_gids.tolist(), chunk_of.tolist(), strict=True):
-        c = chunks[ci]
-        rejects.add(parts[c[0]], c[3] + (gid - c[4]), "duplicate email: a later row wins", kind="duplicate")
+    """Duplicates are listed in the rejects file too (kind "duplicate"), so no row disappears unexplained."""
+    for pidx, row in rows_of(chunks, starts, np.sort(dup_gids)):
+        rejects.add(parts[pidx], row, "duplicate email: a later row wins", kind="duplicate")
 
 
 def _units(bits: np.ndarray, starts: np.ndarray, unit_profiles: int) -> list[list[int]]:

@@ -14,6 +14,16 @@ from shared.source import CsvFormat, Partition
 from shared.storage import ObjectStore
 
 
+def rows_of(chunks: list[list[int]], starts: np.ndarray, gids: np.ndarray) -> list[tuple[int, int]]:
+    """(partition index, row number) of each row id, from the plan's chunks and their first row ids
+    (`starts`). A row number is the record's 1-based position in its partition file (a header is record 1)."""
+    found = np.searchsorted(starts, gids, side="right") - 1
+    return [
+        (chunks[ci][0], chunks[ci][3] + gid - chunks[ci][4])
+        for gid, ci in zip(gids.tolist(), found.tolist(), strict=True)
+    ]
+
+
 class PlanReader:
     """A run's plan (plan.json + send.bits from its workspace), over the export's source store."""
 
@@ -39,11 +49,8 @@ class PlanReader:
         if not locator.isdigit():
             partition, _, row = locator.rpartition(":")
             return {"partition": partition, "row": int(row) if row.isdigit() else row}
-        gid = int(locator)
-        pidx, _, _, first_row, first_gid, _ = self.plan["chunks"][
-            int(np.searchsorted(self._chunk_starts, gid, "right")) - 1
-        ]
-        return {"partition": self.partitions[pidx].label, "row": first_row + gid - first_gid}
+        [(pidx, row)] = rows_of(self.plan["chunks"], self._chunk_starts, np.array([int(locator)]))
+        return {"partition": self.partitions[pidx].label, "row": row}
 
     def check_unchanged(self, source: ObjectStore) -> None:
         """Byte ranges are only valid for the files that were planned: refuse a source rewritten since."""
