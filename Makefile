@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: setup demo test lint checkov pytest bench clean browser
+.PHONY: setup demo test lint checkov pytest bench clean browser native
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PY) >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
@@ -22,7 +22,16 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
-setup: $(BIN)/.installed localdev/node_modules/.installed
+# The fast path's C kernels (shared/native): a plain C compiler is all they need. Without the library the
+# app runs the same on the Arrow path, at about half the speed.
+NATIVE := shared/native/libfastpath.so
+$(NATIVE): shared/native/fastpath.c
+	@command -v cc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev)
+	cc -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
+
+native: $(NATIVE)
+
+setup: $(BIN)/.installed localdev/node_modules/.installed $(NATIVE)
 
 demo: setup
 	$(BIN)/python -m localdev demo
@@ -49,4 +58,4 @@ bench: setup
 	$(BIN)/python -m bench.bench_pipeline
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev
+	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev $(NATIVE)

@@ -26,6 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import xxhash
 
+from shared.csvscan import records_span
+from shared.native import NativePlanReader, NativeProfiles
 from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
 from shared.xxh3 import xxh3_64_array
@@ -115,9 +117,11 @@ class _ArrowCsv:
 
 
 class ColumnarReader:
-    """The plan pass's reading of a block: email keys, fingerprints and emails, or None."""
+    """The plan pass's reading of a block: email keys, fingerprints and emails, or None. The C kernels
+    (shared/native) read it when they can, Arrow when they cannot."""
 
-    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper, native: bool = True):
+        self.native = NativePlanReader(fmt, mapper) if native else None
         self.email_index = mapper.email_index
         self.content_indexes = mapper.content_indexes
         # read() checks the whole block's UTF-8 first, so Arrow need not check the columns again.
@@ -131,6 +135,8 @@ class ColumnarReader:
             piece.decode("utf-8")
         except UnicodeDecodeError:
             return None
+        if self.native is not None and (read := self.native.read(piece)) is not None:
+            return ColumnarBlock(*read)
         columns = self.csv.columns(piece)
         if columns is None:
             return None
@@ -250,7 +256,8 @@ class ColumnarProfiles:
     subscribe mode (consent is read row by row), control characters in a value, a non-ASCII email or phone,
     two mappings onto one attribute."""
 
-    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper, native: bool = True):
+        self.native = NativeProfiles(fmt, mapper) if native else None
         self.mapper = m = mapper
         keys = (
             [k for _, k in m.top]
@@ -262,6 +269,25 @@ class ColumnarProfiles:
         if m.phone_index is not None:
             used.append(m.phone_index)
         self.csv = _ArrowCsv(fmt, m.width, used)
+
+    def build_chunk(
+        self, piece: bytes, records: int, chosen: np.ndarray
+    ) -> tuple[list[bytes], np.ndarray, np.ndarray, int] | None:
+        """(profiles, their sizes, their email keys, phone warnings) for the records at `chosen` (distinct
+        indexes in order, at least one) of a piece of `records`: by the C kernels when they can, else by
+        Arrow on just the records sent (a unit mostly takes the end of one chunk and the start of the next)
+        when they can be found without parsing."""
+        if self.native is not None and (built := self.native.build(piece, records, chosen)) is not None:
+            return built
+        first, end = int(chosen[0]), int(chosen[-1]) + 1
+        span = records_span(piece, records, first, end)
+        if span is None:
+            first, end, span = 0, records, piece
+        built = self.build(span, end - first, chosen - first)
+        if built is None:
+            return None
+        made, sizes, emails, warnings = built
+        return made, sizes, xxh3_64_array(emails), warnings
 
     def build(
         self, piece: bytes, records: int, chosen: np.ndarray

@@ -18,7 +18,6 @@ import orjson
 
 from shared import turns
 from shared.columnar import ColumnarProfiles
-from shared.csvscan import records_span
 from shared.errors import ExportError
 from shared.klaviyo.batching import BatchBuilder
 from shared.klaviyo.client import KlaviyoClient
@@ -32,7 +31,6 @@ from shared.runtime import open_store, secrets
 from shared.source import open_source
 from shared.storage import ObjectStore
 from shared.units import PlanReader
-from shared.xxh3 import xxh3_64_array
 
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20
@@ -213,19 +211,13 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
         if not subscribing:  # consent is read row by row
             if chunk.part.name not in columnar:
                 columnar[chunk.part.name] = ColumnarProfiles(chunk.part.fmt, mapper)
-            # Parse only the records the unit sends (a unit mostly takes the end of one chunk and the start
-            # of the next), when they can be found without parsing.
-            first, end = int(chunk.chosen[0]), int(chunk.chosen[-1]) + 1
             piece = chunk.read(source)
-            span = records_span(piece, chunk.records, first, end)
-            if span is None:
-                first, end, span = 0, chunk.records, piece
-            built = columnar[chunk.part.name].build(span, end - first, chunk.chosen - first)
+            built = columnar[chunk.part.name].build_chunk(piece, chunk.records, chunk.chosen)
             if built is not None:
-                made, sizes, emails, warnings = built
+                made, sizes, ekeys, warnings = built
                 counts["warnings"] += warnings
                 locators = list(map(str, (chunk.chosen + chunk.first_gid).tolist()))  # row ids: see PlanReader.where
-                key_by_locator.update(zip(locators, xxh3_64_array(emails).tolist(), strict=True))
+                key_by_locator.update(zip(locators, ekeys.tolist(), strict=True))
                 batches += builder.add_many(locators, made, sizes)
                 continue
         for locator, row, email in reader.iter_rows(source, chunk):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import shared.plan as plan_module
 from shared.columnar import ColumnarProfiles, ColumnarReader
 from shared.csvscan import records_span
+from shared.native import NativePlanReader
 from shared.plan import PlanOptions, SyncState, plan_export
 from shared.profiles import ProfileMapper
 from shared.source import CsvFormat, load_cdm
@@ -26,6 +27,14 @@ from tests.readers import write_cdm
 COLS = ["CustomerId", "Email", "FirstName"]
 _READ = ColumnarReader.read  # hypothesis runs examples under one monkeypatch: wrap the original only
 FILES = ["plan.json", "send.bits", "keys.bin", "emails.txt", "rejects.ndjson"]
+
+
+@pytest.fixture(params=["kernels", "arrow"])
+def plan_path(request, monkeypatch):
+    """The plan tests run twice: the C kernels first (Arrow where they decline), then Arrow alone."""
+    if request.param == "arrow":
+        monkeypatch.setattr(NativePlanReader, "read", lambda self, piece: None)
+    return request.param
 
 
 def _plan(tmp_path, name: str, source, *, columnar: bool, block: int, monkeypatch, **options):
@@ -65,7 +74,7 @@ def q(*fields: str) -> str:
     return ",".join('"' + f.replace('"', '""') + '"' for f in fields)
 
 
-def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatch):
+def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatch, plan_path):
     lines = [q(str(i), f"Person{i}@Example.com ", f'Ann "{i}",\r\nJr') for i in range(40)]
     parts = {"a.csv": ("\ufeff" + "\r\n".join(lines) + "\r\n").encode(), "b.csv": "\n".join(lines[:10]).encode()}
     taken = _same_both_ways(tmp_path, parts, 256, monkeypatch)
@@ -84,14 +93,14 @@ def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatc
         q("9", "a@example.com\n", "x"),  # a line break inside the email field
     ],
 )
-def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, bad):
+def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, bad, plan_path):
     lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(30)]
     lines.insert(17, bad)
     taken = _same_both_ways(tmp_path, {"a.csv": ("\r\n".join(lines) + "\r\n").encode()}, 200, monkeypatch)
     assert set(taken) == {True, False}  # both paths ran: the bad row's block went row by row, clean ones column-wise
 
 
-def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch):
+def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch, plan_path):
     lines = [q(str(i), f"p{i}@example.com", f"N{i}").encode() for i in range(20)]
     lines.insert(5, b'"5","x@example.com","Ev\xff"')  # in a mapped field
     lines.insert(12, b'"5\xff","y@example.com","Ev"')  # in a field that is not mapped: rejected all the same
@@ -107,7 +116,7 @@ def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch
         ({"encoding": "latin-1"}, ",", True),
     ],
 )
-def test_format_settings_are_read_alike_both_ways(tmp_path, monkeypatch, settings, sep, quoted):
+def test_format_settings_are_read_alike_both_ways(tmp_path, monkeypatch, settings, sep, quoted, plan_path):
     def line(*fields):
         return sep.join(f'"{f}"' if quoted else f for f in fields)
 
@@ -120,7 +129,7 @@ def test_format_settings_are_read_alike_both_ways(tmp_path, monkeypatch, setting
     assert (True in taken) == (settings.get("encoding") is None)  # other encodings are read row by row
 
 
-def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch):
+def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch, plan_path):
     parts = {"a.csv": "\n".join(q(str(i), f"p{i}@example.com", f"N{i}") for i in range(50)).encode()}
     source = _source(tmp_path / "first", parts)
     first = _plan(tmp_path, "first", source, columnar=True, block=300, monkeypatch=monkeypatch)
@@ -130,7 +139,7 @@ def test_incremental_state_is_the_same_both_ways(tmp_path, monkeypatch):
     _same_both_ways(tmp_path / "again", parts, 300, monkeypatch, state=state)
 
 
-def test_spilling_to_buckets_plans_exactly_what_memory_plans(tmp_path, monkeypatch):
+def test_spilling_to_buckets_plans_exactly_what_memory_plans(tmp_path, monkeypatch, plan_path):
     """A large export spreads its keys over temporary files by key (buckets) and de-duplicates one bucket at a
     time: that must give the same files, row numbers and diff as keeping every key in memory."""
     rows = [q(str(i), f"p{i % 700}@example.com", f"N{i}") for i in range(1_000)]  # 300 emails twice
@@ -151,7 +160,7 @@ def test_spilling_to_buckets_plans_exactly_what_memory_plans(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("bucket_bytes", [None, 10])  # in memory; spilled over 4,096 buckets, most empty
-def test_an_export_with_no_valid_row_plans_nothing_to_send(tmp_path, monkeypatch, bucket_bytes):
+def test_an_export_with_no_valid_row_plans_nothing_to_send(tmp_path, monkeypatch, bucket_bytes, plan_path):
     parts = {"a.csv": "\n".join(q(str(i), f"not-an-email-{i}", "N") for i in range(40)).encode()}
     if bucket_bytes:
         monkeypatch.setattr(plan_module._Spill, "BUCKET_SOURCE_BYTES", bucket_bytes)
@@ -179,7 +188,7 @@ junk_row = st.one_of(
     ending=st.sampled_from(["\n", "\r\n"]),
     block=st.integers(16, 400),
 )
-def test_both_paths_agree_on_any_input(tmp_path_factory, monkeypatch, rows, junk, ending, block):
+def test_both_paths_agree_on_any_input(tmp_path_factory, monkeypatch, rows, junk, ending, block, plan_path):
     """Quoted fields with delimiters and line breaks, stray quotes, bare carriage returns, blank lines,
     repeats, odd widths: counts, rejects, keys, emails and row numbers are the same both ways."""
     tmp_path = tmp_path_factory.mktemp("agree")

@@ -1,0 +1,171 @@
+"""The fast path's C kernels (fastpath.c), loaded with ctypes: CSV records cut into fields, emails checked
+and keyed and rows fingerprinted for the plan pass, profiles written as JSON for a push.
+
+`make setup` builds the library (`make native`: a C compiler, nothing else). Where it is not built, the
+app runs as before on the Arrow path (shared/columnar.py) and the row path: the same results, at about
+half the speed. The kernels take only what they are certain to read exactly as the csv module and
+ProfileMapper do, and return None for anything else, so those paths keep every edge case and reject reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper
+from shared.source import CsvFormat
+
+LIBRARY = Path(__file__).with_name("libfastpath.so")
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+_UTF8 = {"utf-8", "utf8", "utf_8"}
+_TOP, _LOCATION, _PROPERTIES = 0, 1, 2
+_RESERVED = {"email", "phone_number", "location", "properties"}
+
+
+def _load() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError:
+        return None
+    lib.xxh3_64.argtypes, lib.xxh3_64.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_uint64
+    lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _L, _L, _L, _P]
+    lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _L, _I, _I, _P, _I, _P, _P, _P, _P, _P]
+    lib.build_profiles.argtypes = [ctypes.c_char_p, _P, _P, _I, _P, _L, _I, _I, _P, _P, _P, _P, _I]
+    lib.build_profiles.argtypes += [_P, _P, _P, _P, _P]
+    for name in ("csv_scan", "plan_records", "build_profiles"):
+        getattr(lib, name).restype = _L
+    return lib
+
+
+lib = _load()
+available = lib is not None
+
+
+def xxh3_64(data: bytes) -> int:
+    """XXH3-64 of up to 240 bytes (for tests: the kernels hash inline)."""
+    return int(lib.xxh3_64(data, len(data)))
+
+
+class _Scanner:
+    """Records of a piece cut into the fields of some columns (csv_scan in fastpath.c)."""
+
+    def __init__(self, fmt: CsvFormat, width: int, columns: list[int]):
+        self.usable = available and fmt.encoding.lower() in _UTF8 and len(fmt.delimiter.encode()) == 1
+        self.delimiter, self.quoting, self.width = ord(fmt.delimiter), int(fmt.quoting), width
+        self.slots = list(dict.fromkeys(columns))
+        slot_of = np.full(width, -1, np.int32)
+        slot_of[self.slots] = np.arange(len(self.slots), dtype=np.int32)
+        self.slot_of = slot_of
+        self.stats = np.zeros(1, np.int64)
+        self.capacity = 0
+
+    def slot(self, column: int) -> int:
+        return self.slots.index(column)
+
+    def scan(self, piece: bytes, skip: int = 0, stop: int = -1) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """(records recorded, bounds, escaped) for records [skip, stop) of the piece, or None."""
+        # A record has at least width - 1 delimiters and its line end: this many cannot overflow.
+        capacity = len(piece) // max(1, self.width - 1) + 1 if stop < 0 else max(stop - skip, 0)
+        if capacity > self.capacity:  # kept between blocks: its pages are touched only as far as used
+            self.capacity = capacity
+            self.bounds = np.empty(capacity * len(self.slots) * 2, np.int32)
+            self.escaped = np.empty(capacity * len(self.slots), np.uint8)
+        n = lib.csv_scan(
+            piece, len(piece), self.delimiter, self.quoting, self.width, self.slot_of.ctypes.data,
+            len(self.slots), self.bounds.ctypes.data, self.escaped.ctypes.data, capacity, skip, stop,
+            self.stats.ctypes.data,
+        )  # fmt: skip
+        return None if n < 0 else (n, self.bounds, self.escaped)
+
+
+class NativePlanReader:
+    """The plan pass's reading of a block in C: (rows, email keys, fingerprints, emails), or None."""
+
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+        self.scanner = _Scanner(fmt, mapper.width, [mapper.email_index, *mapper.content_indexes])
+        self.email_slot = self.scanner.slot(mapper.email_index)
+        self.content_slots = np.array([self.scanner.slot(i) for i in mapper.content_indexes], np.int32)
+        # A profile's JSON with every field filled: escaping can make a value at most 6 times its length.
+        self.skeleton_bytes = len(mapper.profile_json(["x"] * mapper.width, "a@b.co")[0]) + 64
+
+    def read(self, piece: bytes) -> tuple[int, np.ndarray, np.ndarray, pa.StringArray] | None:
+        if not self.scanner.usable:
+            return None
+        scanned = self.scanner.scan(piece)
+        if scanned is None or scanned[0] == 0:
+            return None
+        rows, bounds, escaped = scanned
+        if int(self.scanner.stats[0]) * 6 + self.skeleton_bytes > MAX_PROFILE_BYTES:
+            return None  # a profile could pass Klaviyo's limit: the row path measures each
+        ekeys, ckeys = np.empty(rows, np.uint64), np.empty(rows, np.uint64)
+        emails, offsets = np.empty(len(piece), np.uint8), np.empty(rows + 1, np.int32)
+        scratch = np.empty(len(piece) + 512, np.uint8)
+        written = lib.plan_records(
+            piece, bounds.ctypes.data, escaped.ctypes.data, rows, len(self.scanner.slots), self.email_slot,
+            self.content_slots.ctypes.data, len(self.content_slots), ekeys.ctypes.data, ckeys.ctypes.data,
+            emails.ctypes.data, offsets.ctypes.data, scratch.ctypes.data,
+        )  # fmt: skip
+        if written < 0:
+            return None
+        text = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(emails[:written].tobytes()))
+        return rows, ekeys, ckeys, text
+
+
+class NativeProfiles:
+    """A push's profiles in C, byte for byte what ProfileMapper.profile_json makes, or None where only the
+    other paths apply (subscribe mode reads consent row by row and never comes here)."""
+
+    def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+        m = mapper
+        members = [(i, k, _TOP) for i, k in m.top] + [(i, k, _LOCATION) for i, k in m.location]
+        members += [(i, k, _PROPERTIES) for i, k in m.properties]
+        keys = [k for _, k in m.top] + [f"location.{k}" for _, k in m.location]
+        keys += [f"properties.{k}" for _, k in m.properties]
+        columns = [m.email_index, *(i for i, _, _ in members)]
+        if m.phone_index is not None:
+            columns.append(m.phone_index)
+        self.scanner = _Scanner(fmt, m.width, columns)
+        # Two mappings onto one attribute, or a top-level key the profile sets itself, go row by row.
+        self.usable = self.scanner.usable and len(set(keys)) == len(keys) and not _RESERVED & {k for _, k in m.top}
+        self.email_slot = self.scanner.slot(m.email_index)
+        self.phone_slot = -1 if m.phone_index is None else self.scanner.slot(m.phone_index)
+        self.member_slot = np.array([self.scanner.slot(i) for i, _, _ in members], np.int32)
+        self.member_group = np.array([g for _, _, g in members], np.int32)
+        heads = [orjson.dumps(k) + b':"' for _, k, _ in members]
+        self.keys = np.frombuffer(b"".join(heads) or b"\0", np.uint8)
+        self.key_offsets = np.concatenate([[0], np.cumsum([len(h) for h in heads])]).astype(np.int32)
+        self.fixed_bytes = 160 + sum(len(h) + 2 for h in heads)  # a profile's bytes besides its values
+        self.warnings = np.zeros(1, np.int64)
+
+    def build(
+        self, piece: bytes, records: int, chosen: np.ndarray
+    ) -> tuple[list[bytes], np.ndarray, np.ndarray, int] | None:
+        """(profiles, their sizes, their email keys, phone warnings) for the records at `chosen` (distinct
+        indexes in order) of a piece of `records` records; None when this path does not apply."""
+        if not self.usable:
+            return None
+        first, end = int(chosen[0]), int(chosen[-1]) + 1
+        scanned = self.scanner.scan(piece, first, end)
+        if scanned is None or scanned[0] != end - first:
+            return None
+        _, bounds, escaped = scanned
+        picked = (chosen - first).astype(np.int64)
+        n = len(picked)
+        out = np.empty(n * self.fixed_bytes + 2 * len(piece), np.uint8)
+        offsets, ekeys = np.empty(n + 1, np.int64), np.empty(n, np.uint64)
+        scratch = np.empty(len(piece) + 64, np.uint8)
+        self.warnings[0] = 0
+        written = lib.build_profiles(
+            piece, bounds.ctypes.data, escaped.ctypes.data, len(self.scanner.slots), picked.ctypes.data, n,
+            self.email_slot, self.phone_slot, self.member_slot.ctypes.data, self.member_group.ctypes.data,
+            self.key_offsets.ctypes.data, self.keys.ctypes.data, len(self.member_slot), out.ctypes.data,
+            offsets.ctypes.data, ekeys.ctypes.data, self.warnings.ctypes.data, scratch.ctypes.data,
+        )  # fmt: skip
+        if written < 0:
+            return None
+        profiles = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
+        return profiles.to_pylist(), np.diff(offsets), ekeys, int(self.warnings[0])

@@ -1,0 +1,255 @@
+"""The C kernels (shared/native) against the references they must equal: the xxhash library, the csv module,
+the email pattern, str.strip, ProfileMapper.profile_json, and the Arrow path. Where a kernel declines (None),
+the Arrow or row path takes the block; these tests check it declines only where it must."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+
+import numpy as np
+import orjson
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shared.plan as plan_module
+from shared import native
+from shared.columnar import ColumnarReader
+from shared.native import NativePlanReader, NativeProfiles, _Scanner
+from shared.pipeline import build_unit
+from shared.plan import PlanOptions, plan_export
+from shared.profiles import ProfileMapper, email_ok
+from shared.source import CsvFormat, load_cdm
+from shared.storage import LocalStore
+from tests.readers import write_cdm
+from tests.test_columnar import PUSH_COLS, PUSH_MAP, _csv_bytes, _row_path, push_row
+
+
+def test_the_library_is_built():
+    assert native.available, f"{native.LIBRARY} is missing: `make native` builds it (make setup does too)"
+
+
+def test_xxh3_equals_the_xxhash_library_at_every_length():
+    for length in range(241):
+        for data in (os.urandom(length), bytes(length), b"\xff" * length):
+            assert native.xxh3_64(data) == xxhash.xxh3_64_intdigest(data), length
+
+
+# -- records cut into fields ---------------------------------------------------------------------------------
+
+
+def _fields(piece: bytes, width: int, skip: int = 0, stop: int = -1) -> list[list[str]] | None:
+    scanner = _Scanner(CsvFormat(), width, list(range(width)))
+    scanned = scanner.scan(piece, skip, stop)
+    if scanned is None:
+        return None
+    records, bounds, escaped = scanned
+    out = []
+    for r in range(records):
+        row = []
+        for c in range(width):
+            start, end = bounds[2 * (r * width + c)], bounds[2 * (r * width + c) + 1]
+            value = piece[start:end]
+            row.append((value.replace(b'""', b'"') if escaped[r * width + c] else value).decode())
+        out.append(row)
+    return out
+
+
+cell = st.text(alphabet=st.sampled_from(list('ab,"\r\n é')), max_size=5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    rows=st.lists(st.lists(cell, min_size=3, max_size=3), min_size=1, max_size=8),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    terminated=st.booleans(),
+    mangle=st.sampled_from([None, '"', "\r", "\n", ",", "\x00"]),
+    at=st.integers(0, 200),
+    quote_all=st.booleans(),
+)
+def test_fields_are_what_the_csv_module_reads(rows, ending, terminated, mangle, at, quote_all):
+    """Written by the csv module (then perhaps with a stray byte put in), the piece is either read exactly as
+    the csv module reads it or declined; with every field quoted and nothing put in, it is never declined.
+    (Minimal quoting can write blank lines and bare \r, which the row path reads.)"""
+    buf = io.StringIO(newline="")
+    csv.writer(buf, lineterminator=ending, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(rows)
+    text = buf.getvalue() if terminated else buf.getvalue()[: -len(ending)]
+    if mangle is not None:
+        text = text[: at % (len(text) + 1)] + mangle + text[at % (len(text) + 1) :]
+    piece = text.encode()
+    parsed = list(csv.reader(io.StringIO(text, newline="")))
+    fields = _fields(piece, 3)
+    if fields is not None:
+        assert fields == parsed
+    else:
+        assert mangle is not None or not quote_all
+    # Records [1, 3) alone, the others only counted (a push): the same fields.
+    if fields is not None and len(parsed) >= 3:
+        assert _fields(piece, 3, 1, 3) == parsed[1:3]
+
+
+def test_what_the_scanner_leaves_to_the_other_paths():
+    for piece in (b'a,"b"c,d\n', b'a,b"c,d\n', b"a,b\rc,d\n", b"a,b,c\n\nd,e,f\n", b'a,"b,c\n', b"a,b\n"):
+        assert _fields(piece, 3) is None, piece
+    assert _fields(b'a,"b\r\nc",d\r\ne,,\r\n', 3) == [["a", "b\r\nc", "d"], ["e", "", ""]]
+
+
+# -- the plan pass: emails checked and keyed ------------------------------------------------------------------
+
+email_text = st.text(alphabet=st.sampled_from(list("aZ9.-@_+'xn é\t\"!")), min_size=0, max_size=24)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    email=st.one_of(
+        email_text,
+        st.emails().map(lambda e: e[:250]),
+        st.from_regex(r"[a-z]{1,5}@[a-z]{1,5}\.xn--[a-z0-9-]{1,4}", fullmatch=True),
+    )
+)
+def test_an_email_is_accepted_exactly_when_the_pattern_accepts_it(email):
+    mapper = ProfileMapper(["Id", "Email"], "Email", {})
+    piece = _csv_bytes([["1", email]])
+    read = NativePlanReader(CsvFormat(), mapper).read(piece)
+    normal = email.strip(" \t").lower()
+    expected = email.isascii() and email_ok(normal) is not None and len(normal) <= 240
+    assert (read is not None) == expected
+    if read is not None:
+        rows, ekeys, ckeys, emails = read
+        assert rows == 1 and emails.to_pylist() == [normal]
+        assert ekeys.tolist() == [xxhash.xxh3_64_intdigest(normal)]
+        assert ckeys.tolist() == [xxhash.xxh3_64_intdigest("")]
+
+
+def test_keys_and_fingerprints_equal_the_arrow_paths():
+    cols = ["Id", "Email", "First", "Note"]
+    mapper = ProfileMapper(cols, "Email", {"First": "first_name", "Note": "properties.note"})
+    rows = [[str(i), f" P{i}@Example.com\t", f'Ann "{i}"', "x\r\ny" * (i % 3)] for i in range(50)]
+    piece = _csv_bytes(rows)
+    fast = ColumnarReader(CsvFormat(), mapper, native=True).native.read(piece)
+    arrow = ColumnarReader(CsvFormat(), mapper, native=False).read(piece)
+    assert fast is not None and arrow is not None
+    assert fast[0] == arrow.rows == 50
+    assert fast[1].tolist() == arrow.ekeys.tolist()
+    assert fast[2].tolist() == arrow.ckeys.tolist()
+    assert fast[3].to_pylist() == arrow.emails.to_pylist()
+    # A fingerprinted text over 240 bytes takes xxhash's long path: left to Arrow, which gives it.
+    long_rows = [["1", "a@b.co", "n" * 300, ""]]
+    assert NativePlanReader(CsvFormat(), mapper).read(_csv_bytes(long_rows)) is None
+    block = ColumnarReader(CsvFormat(), mapper).read(_csv_bytes(long_rows))
+    assert block.ckeys.tolist() == [xxhash.xxh3_64_intdigest("n" * 300 + "\x1f")]
+
+
+# -- a push: profiles as JSON --------------------------------------------------------------------------------
+
+
+def _native_profiles(data: bytes, mapper: ProfileMapper, chosen: list[int], records: int | None = None):
+    built = NativeProfiles(CsvFormat(), mapper).build(data, records or len(chosen), np.array(chosen))
+    if built is None:
+        return None
+    profiles, sizes, ekeys, warnings = built
+    assert sizes.tolist() == [len(p) for p in profiles]
+    return profiles, ekeys.tolist(), warnings
+
+
+def test_profiles_are_byte_for_byte_the_row_paths():
+    rows = [
+        ["1", " Ann@Example.com", " Ann ", "+1 (425) 555-0100", " Köln ", "Gold", 'say "hi" \\ bye'],
+        ["2", "bob@example.com", "", "0044 20 7946 0958", "", "", ""],
+        ["3", "cid@example.com", "Cid", "not a phone", "Zoë\u00a0", " spaced ", "é/ü"],
+        ["4", "dee@example.com", "\u2003", "", "", "", ""],
+        ["5", "eve@example.com", "", "", "", "", ""],
+    ]
+    data = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    built = _native_profiles(data, mapper, [0, 1, 2, 3, 4])
+    made, emails, warnings = _row_path(data, mapper, [0, 1, 2, 3, 4])
+    assert built == (made, [xxhash.xxh3_64_intdigest(e) for e in emails], warnings)
+    assert warnings == 1  # "not a phone" is left out with a warning
+    only_phone = ProfileMapper(PUSH_COLS, "Email", {"Phone": "phone_number"})
+    assert _native_profiles(data, only_phone, [0])[0] == _row_path(data, only_phone, [0])[0]
+
+
+def test_what_the_profile_kernel_leaves_to_the_other_paths():
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    for bad in (
+        ["1", "a@example.com", "A", "", "", "", "line\nbreak"],  # a control character: the row path's escaping
+        ["1", "a@example.com", "A", "+\u0661234567", "", "", ""],  # a non-ASCII phone
+        ["1", "é@example.com", "A", "", "", "", ""],  # a non-ASCII email
+    ):
+        assert _native_profiles(_csv_bytes([bad]), mapper, [0]) is None
+    clash = ProfileMapper(PUSH_COLS, "Email", {"First": "first_name", "Note": "first_name"})
+    assert _native_profiles(_csv_bytes([["1", "a@b.co", "A", "", "", "", "B"]]), clash, [0]) is None
+
+
+def test_values_are_trimmed_exactly_as_python_strips():
+    mapper = ProfileMapper(["Id", "Email", "First"], "Email", {"First": "first_name"})
+    chars = [chr(c) for c in range(0x20, sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    for lo in range(0, len(chars), 100_000):
+        values = [v for ch in chars[lo : lo + 100_000] for v in (f"{ch}x{ch}", f"{ch}{ch}")]
+        data = _csv_bytes([["1", "a@b.co", v] for v in values])
+        profiles = _native_profiles(data, mapper, list(range(len(values))))[0]
+        got = [orjson.loads(p)["attributes"].get("first_name", "") for p in profiles]
+        assert got == [v.strip() for v in values]
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=st.lists(push_row, min_size=1, max_size=20), data=st.data())
+def test_profiles_agree_with_the_row_path_on_any_rows(rows, data):
+    chosen = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
+    raw = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    built = _native_profiles(raw, mapper, chosen, len(rows))
+    tabs = any("\t" in field for i in chosen for field in rows[i][2:])
+    foreign_phone = any(not rows[i][3].strip().isascii() for i in chosen)
+    assert (built is None) == (tabs or foreign_phone)  # these go to the other paths
+    if built is not None:
+        made, emails, warnings = _row_path(raw, mapper, chosen)
+        assert built == (made, [xxhash.xxh3_64_intdigest(e) for e in emails], warnings)
+
+
+def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "exports")
+    rows = [[str(i), f"P{i}@example.com", f"N{i}", f"+1425555{i:04d}", "Köln", "", f'"{i}"'] for i in range(900)]
+    rows[5][1] = "not an email"
+    rows[7][3] = "12"
+    lines = _csv_bytes(rows)
+    source = load_cdm(store, write_cdm(store, PUSH_COLS, {"a.csv": lines, "b.csv": lines[:5000]}), ["exports"], None)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    work = LocalStore(tmp_path / "work")
+    monkeypatch.setattr(plan_module, "PLAN_BLOCK_BYTES", 4096)  # chunks of ~50 rows: units span several
+    summary = plan_export(source, mapper, work, "run/", PlanOptions(chunk_rows=100, unit_profiles=250))
+    from shared.units import PlanReader
+
+    kernel, taken = NativeProfiles.build, []
+
+    def jobs(with_kernels: bool):
+        def build(self, *args):
+            built = kernel(self, *args) if with_kernels else None
+            taken.append(built is not None)
+            return built
+
+        monkeypatch.setattr(NativeProfiles, "build", build)
+        reader = PlanReader(work, "run/")
+        out = []
+        for unit in summary["units"]:
+            batches, _, keys, _, counts = build_unit(reader, source.store, unit, mapper, subscribing=False)
+            out.append(([(b.locators, b.profiles) for b in batches], keys, counts))
+        return out
+
+    fast = jobs(True)
+    assert all(taken) and len(taken) > len(summary["units"])  # every chunk of every unit: the kernel
+    slow = jobs(False)
+    assert fast == slow
+    assert sum(len(batch[1]) for unit in fast for batch in unit[0]) == summary["profiles_to_send"] == 899
+    assert sum(unit[2]["warnings"] for unit in fast) == 1  # row 7's phone (partition b's copy wins)
+
+
+@pytest.fixture(autouse=True)
+def _library_is_there():
+    if not native.available:
+        pytest.fail(f"{native.LIBRARY} is missing: `make native` builds it")
