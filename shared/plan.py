@@ -24,6 +24,7 @@ import orjson
 import pyarrow as pa
 import xxhash
 
+from shared import native
 from shared.columnar import ColumnarReader, lines_of
 from shared.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
 from shared.errors import ExportError
@@ -174,7 +175,10 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         bits[kept[send, G].astype(np.int64)] = True
         to_send += int(send.sum())
         keys_file.write(kept[:, [E, C]].astype("<u8").tobytes())  # KEYS_DTYPE records
-        emails_file.write(lines_of(emails.take(pa.array(by_key))))
+        if native.available:
+            emails_file.write(native.email_lines(emails, by_key))
+        else:
+            emails_file.write(lines_of(emails.take(pa.array(by_key))))
 
     if beaten_rows:
         _record_duplicates(np.concatenate(beaten_rows), starts, chunks, source.partitions, rejects)
@@ -317,24 +321,30 @@ class _Spill:
         return self._stack.enter_context(tempfile.TemporaryFile())
 
     def add(self, gids, ekeys, ckeys, emails: pa.StringArray) -> None:
-        rec = np.empty((len(ekeys), 3), np.uint64)
-        rec[:, E], rec[:, C], rec[:, G] = ekeys, ckeys, gids
-        if not self.bits:
-            self.memory.append((rec, emails))
-            return
-        bucket = rec[:, E] >> np.uint64(64 - self.bits)
-        order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
-        rec, bucket = np.take(rec, order, axis=0), bucket[order]
-        emails = emails.take(pa.array(order))
-        offsets = np.frombuffer(emails.buffers()[1], np.int32, len(emails) + 1)
-        text = memoryview(emails.buffers()[2])
-        lengths = np.diff(offsets)
-        bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64)).tolist()
+        if self.bits and native.available:  # grouped by bucket with a counting sort in C
+            rec, text, lengths, counts, byte_counts = native.bucket_records(self.bits, ekeys, ckeys, gids, emails)
+            bounds, byte_bounds = np.cumsum([0, *counts]), np.cumsum([0, *byte_counts])
+        else:
+            rec = np.empty((len(ekeys), 3), np.uint64)
+            rec[:, E], rec[:, C], rec[:, G] = ekeys, ckeys, gids
+            if not self.bits:
+                self.memory.append((rec, emails))
+                return
+            bucket = rec[:, E] >> np.uint64(64 - self.bits)
+            order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
+            rec, bucket = np.take(rec, order, axis=0), bucket[order]
+            emails = emails.take(pa.array(order))
+            offsets = np.frombuffer(emails.buffers()[1], np.int32, len(emails) + 1)
+            text = memoryview(emails.buffers()[2])
+            lengths = np.diff(offsets)
+            bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64))
+            byte_bounds = offsets[bounds]
+        bounds, byte_bounds = bounds.tolist(), byte_bounds.tolist()
         for b, (recs, texts) in enumerate(self.files):
             lo, hi = bounds[b], bounds[b + 1]
             if lo < hi:
                 recs.write(rec[lo:hi].astype("<u8").tobytes())
-                texts.write(text[offsets[lo] : offsets[hi]])
+                texts.write(text[byte_bounds[b] : byte_bounds[b + 1]])
                 self.lengths[b].write(lengths[lo:hi].tobytes())
 
     def buckets(self):

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 import xxhash
 from hypothesis import given, settings
@@ -253,3 +254,24 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
 def _library_is_there():
     if not native.available:
         pytest.fail(f"{native.LIBRARY} is missing: `make native` builds it")
+
+
+# -- the plan's spill ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_bucket_records_is_a_stable_sort_by_bucket(bits):
+    rng = np.random.default_rng(bits)
+    n = 5_000
+    ekeys, ckeys = rng.integers(0, 2**64, n, np.uint64), rng.integers(0, 2**64, n, np.uint64)
+    gids = np.arange(100, 100 + n, dtype=np.uint64)
+    emails = pa.array([f"p{i}@example.com" * (i % 3 + 1) for i in range(n)])
+    rec, text, lengths, counts, byte_counts = native.bucket_records(bits, ekeys, ckeys, gids, emails.slice(0))
+    order = np.argsort(ekeys >> np.uint64(64 - bits), kind="stable")
+    assert rec.tolist() == np.stack([ekeys, ckeys, gids], axis=1)[order].tolist()
+    expected = [emails[int(i)].as_py() for i in order]
+    assert lengths.tolist() == [len(e) for e in expected] and text.tobytes() == "".join(expected).encode()
+    assert counts.tolist() == np.bincount(ekeys[order] >> np.uint64(64 - bits), minlength=1 << bits).tolist()
+    assert byte_counts.sum() == len(text)
+    picked = np.array([4, 0, 17])
+    assert native.email_lines(emails.slice(3, 20), picked) == "".join(f"{emails[3 + i]}\n" for i in picked).encode()

@@ -36,7 +36,9 @@ def _load() -> ctypes.CDLL | None:
     lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _L, _I, _I, _P, _I, _P, _P, _P, _P, _P]
     lib.build_profiles.argtypes = [ctypes.c_char_p, _P, _P, _I, _P, _L, _I, _I, _P, _P, _P, _P, _I]
     lib.build_profiles.argtypes += [_P, _P, _P, _P, _P]
-    for name in ("csv_scan", "plan_records", "build_profiles"):
+    lib.bucket_records.argtypes, lib.bucket_records.restype = [_L, _I, *[_P] * 11], None
+    lib.email_lines.argtypes = [_P, _P, _P, _L, _P]
+    for name in ("csv_scan", "plan_records", "build_profiles", "email_lines"):
         getattr(lib, name).restype = _L
     return lib
 
@@ -48,6 +50,43 @@ available = lib is not None
 def xxh3_64(data: bytes) -> int:
     """XXH3-64 of up to 240 bytes (for tests: the kernels hash inline)."""
     return int(lib.xxh3_64(data, len(data)))
+
+
+def _text(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets (rebased to 0) and bytes."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, offset=strings.offset * 4)
+    buffer = strings.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8) if buffer is not None and buffer.size else np.zeros(1, np.uint8)
+    return np.ascontiguousarray(offsets - offsets[0]), data[offsets[0] :]
+
+
+def bucket_records(bits: int, ekeys, ckeys, gids, emails: pa.StringArray):
+    """A block's spill records grouped by bucket (top `bits` bits of the email key, row order within each):
+    (records as (n, 3) uint64 rows, email bytes, email lengths, records per bucket, email bytes per bucket)."""
+    n = len(ekeys)
+    ekeys, ckeys, gids = (np.ascontiguousarray(a, np.uint64) for a in (ekeys, ckeys, gids))
+    offsets, data = _text(emails)
+    counts, byte_counts, cursors = (
+        np.empty(1 << bits, np.int64),
+        np.empty(1 << bits, np.int64),
+        np.empty(2 << bits, np.int64),
+    )
+    rec, text, lengths = np.empty((n, 3), np.uint64), np.empty(int(offsets[-1]), np.uint8), np.empty(n, np.int32)
+    lib.bucket_records(
+        n, bits, ekeys.ctypes.data, ckeys.ctypes.data, gids.ctypes.data, data.ctypes.data, offsets.ctypes.data,
+        counts.ctypes.data, byte_counts.ctypes.data, cursors.ctypes.data, rec.ctypes.data, text.ctypes.data,
+        lengths.ctypes.data,
+    )  # fmt: skip
+    return rec, text, lengths, counts, byte_counts
+
+
+def email_lines(emails: pa.StringArray, order: np.ndarray) -> bytes:
+    """The emails at `order`, each followed by a newline."""
+    offsets, data = _text(emails)
+    order = np.ascontiguousarray(order, np.int64)
+    out = np.empty(int(offsets[-1]) + len(order), np.uint8)
+    n = lib.email_lines(data.ctypes.data, offsets.ctypes.data, order.ctypes.data, len(order), out.ctypes.data)
+    return out[:n].tobytes()
 
 
 class _Scanner:

@@ -491,3 +491,53 @@ long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *esca
     *warnings += warned;
     return w - out;
 }
+
+/* ---- the plan's spill: a block's records grouped by bucket, and a bucket's emails written out ---- */
+
+/* A counting sort of n records by bucket (the top `bits` bits of the email key, bits 1-16), keeping row
+ * order within each: rec gets (email key, fingerprint, row id) rows, text and lengths the emails (from
+ * text_in at offsets), counts and byte_counts each bucket's records and email bytes. */
+void bucket_records(long n, int bits, const uint64_t *ekeys, const uint64_t *ckeys, const uint64_t *gids,
+                    const uint8_t *text_in, const int32_t *offsets, int64_t *counts, int64_t *byte_counts,
+                    int64_t *cursors /* 2 << bits */, uint64_t *rec, uint8_t *text, int32_t *lengths) {
+    long buckets = 1L << bits;
+    int shift = 64 - bits;
+    memset(counts, 0, sizeof(int64_t) * (size_t)buckets);
+    memset(byte_counts, 0, sizeof(int64_t) * (size_t)buckets);
+    for (long i = 0; i < n; i++) {
+        uint64_t b = ekeys[i] >> shift;
+        counts[b]++;
+        byte_counts[b] += offsets[i + 1] - offsets[i];
+    }
+    int64_t at = 0, byte_at = 0, *next = cursors, *next_byte = cursors + buckets;
+    for (long b = 0; b < buckets; b++) {
+        next[b] = at;
+        next_byte[b] = byte_at;
+        at += counts[b];
+        byte_at += byte_counts[b];
+    }
+    for (long i = 0; i < n; i++) {
+        uint64_t b = ekeys[i] >> shift;
+        int64_t to = next[b]++;
+        int32_t len = offsets[i + 1] - offsets[i];
+        rec[3 * to] = ekeys[i];
+        rec[3 * to + 1] = ckeys[i];
+        rec[3 * to + 2] = gids[i];
+        lengths[to] = len;
+        memcpy(text + next_byte[b], text_in + offsets[i], (size_t)len);
+        next_byte[b] += len;
+    }
+}
+
+/* The emails at `order` (indexes), each followed by a newline, into out; returns the bytes written. */
+long email_lines(const uint8_t *text, const int32_t *offsets, const int64_t *order, long n, uint8_t *out) {
+    uint8_t *w = out;
+    for (long i = 0; i < n; i++) {
+        int64_t k = order[i];
+        int32_t len = offsets[k + 1] - offsets[k];
+        memcpy(w, text + offsets[k], (size_t)len);
+        w += len;
+        *w++ = '\n';
+    }
+    return w - out;
+}
