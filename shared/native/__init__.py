@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import xxhash
 
 from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
@@ -33,7 +34,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     lib.xxh3_64.argtypes, lib.xxh3_64.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_uint64
     lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _L, _L, _L, _P]
-    lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _L, _I, _I, _P, _I, _P, _P, _P, _P, _P]
+    lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _L, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P]
     lib.build_profiles.argtypes = [ctypes.c_char_p, _P, _P, _I, _P, _L, _I, _I, _P, _P, _P, _P, _I]
     lib.build_profiles.argtypes += [_P, _P, _P, _P, _P]
     lib.bucket_records.argtypes, lib.bucket_records.restype = [_L, _I, *[_P] * 11], None
@@ -93,7 +94,13 @@ class _Scanner:
     """Records of a piece cut into the fields of some columns (csv_scan in fastpath.c)."""
 
     def __init__(self, fmt: CsvFormat, width: int, columns: list[int]):
-        self.usable = available and fmt.encoding.lower() in _UTF8 and len(fmt.delimiter.encode()) == 1
+        # (The csv module ends a record at \r or \n whatever the delimiter: such a delimiter stays with it.)
+        self.usable = (
+            available
+            and fmt.encoding.lower() in _UTF8
+            and len(fmt.delimiter.encode()) == 1
+            and fmt.delimiter not in "\r\n"
+        )
         self.delimiter, self.quoting, self.width = ord(fmt.delimiter), int(fmt.quoting), width
         self.slots = list(dict.fromkeys(columns))
         slot_of = np.full(width, -1, np.int32)
@@ -143,15 +150,26 @@ class NativePlanReader:
         ekeys, ckeys = np.empty(rows, np.uint64), np.empty(rows, np.uint64)
         emails, offsets = np.empty(len(piece), np.uint8), np.empty(rows + 1, np.int32)
         scratch = np.empty(len(piece) + 512, np.uint8)
+        long_rows, nlong = np.empty(rows, np.int64), np.zeros(1, np.int64)
         written = lib.plan_records(
             piece, bounds.ctypes.data, escaped.ctypes.data, rows, len(self.scanner.slots), self.email_slot,
             self.content_slots.ctypes.data, len(self.content_slots), ekeys.ctypes.data, ckeys.ctypes.data,
-            emails.ctypes.data, offsets.ctypes.data, scratch.ctypes.data,
+            emails.ctypes.data, offsets.ctypes.data, scratch.ctypes.data, long_rows.ctypes.data, nlong.ctypes.data,
         )  # fmt: skip
         if written < 0:
             return None
+        for row in long_rows[: int(nlong[0])].tolist():  # fingerprinted text over 240 bytes: xxhash's long path
+            ckeys[row] = xxhash.xxh3_64_intdigest(b"\x1f".join(self._content(piece, bounds, escaped, row)))
         text = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(emails[:written].tobytes()))
         return rows, ekeys, ckeys, text
+
+    def _content(self, piece: bytes, bounds: np.ndarray, escaped: np.ndarray, row: int) -> list[bytes]:
+        values = []
+        for slot in self.content_slots.tolist():
+            at = row * len(self.scanner.slots) + slot
+            value = piece[bounds[2 * at] : bounds[2 * at + 1]]
+            values.append(value.replace(b'""', b'"') if escaped[at] else value)
+        return values
 
 
 class NativeProfiles:
@@ -187,6 +205,8 @@ class NativeProfiles:
         indexes in order) of a piece of `records` records; None when this path does not apply."""
         if not self.usable:
             return None
+        if len(chosen) > 1 and (np.diff(chosen) <= 0).any():
+            return None  # the kernel's sizes and indexes count on distinct indexes in order
         first, end = int(chosen[0]), int(chosen[-1]) + 1
         scanned = self.scanner.scan(piece, first, end)
         if scanned is None or scanned[0] != end - first:
@@ -194,7 +214,7 @@ class NativeProfiles:
         _, bounds, escaped = scanned
         picked = (chosen - first).astype(np.int64)
         n = len(picked)
-        out = np.empty(n * self.fixed_bytes + 2 * len(piece), np.uint8)
+        out = np.empty(n * self.fixed_bytes + 6 * len(piece), np.uint8)  # escaping: at most 6 bytes a byte
         offsets, ekeys = np.empty(n + 1, np.int64), np.empty(n, np.uint64)
         scratch = np.empty(len(piece) + 64, np.uint8)
         self.warnings[0] = 0

@@ -111,6 +111,8 @@ uint64_t xxh3_64(const uint8_t *in, size_t len) {
 
 /* ---- CSV: records cut into fields ---- */
 
+#define CSV_FIELD_LIMIT 131072 /* the csv module's field_size_limit: it fails a longer field */
+
 /* Scans a piece of whole records. Records before `skip` are only counted; for the records from `skip`
  * up to `stop` (or the end, when stop < 0) the fields of the wanted columns (slot_of[column] >= 0) are
  * recorded: bounds[(record * nslots + slot) * 2 + 0/1] = start/end of the value's bytes (inside quotes),
@@ -120,7 +122,8 @@ uint64_t xxh3_64(const uint8_t *in, size_t len) {
  *   field  = quoted / plain, quoted = '"' *(any byte but '"' / '""') '"', followed by delim or a line end;
  *   plain  = *(any byte but delim, '"', "\r", "\n") (a quote is plain too when quoting is off).
  * Within it the csv module (QUOTE_MINIMAL, doublequote) and Arrow read the same values. NUL bytes, bare
- * "\r", quotes in a plain field, text after a closing quote, and blank lines are left to the other paths. */
+ * "\r", quotes in a plain field, text after a closing quote, blank lines and fields over the csv module's
+ * size limit are left to the other paths (and a \r or \n delimiter, by the caller). */
 long csv_scan(const uint8_t *p, long n, int delim, int quoting, int width, const int32_t *slot_of, int nslots,
               int32_t *bounds, uint8_t *escaped, long capacity, long skip, long stop, int64_t *stats) {
     long i = 0, rec = 0, kept = 0, longest = 0;
@@ -158,7 +161,7 @@ long csv_scan(const uint8_t *p, long n, int delim, int quoting, int width, const
                 }
                 end = i;
             }
-            if (col >= width) return -1;
+            if (col >= width || end - start > CSV_FIELD_LIMIT) return -1;
             if (keep && slot_of[col] >= 0) {
                 long at = kept * nslots + slot_of[col];
                 bounds[2 * at] = (int32_t)start;
@@ -215,14 +218,11 @@ static inline value_t value_of(const uint8_t *p, const int32_t *bounds, const ui
 static const char LOCAL_CHARS[] = "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-";
 static uint8_t local_ok[256], label_ok[256];
 
-static void tables(void) {
-    static int ready = 0;
-    if (ready) return;
+__attribute__((constructor)) static void tables(void) { /* at load time: no thread can race it */
     for (const char *c = LOCAL_CHARS; *c; c++) local_ok[(uint8_t)*c] = 1;
     for (int c = 'a'; c <= 'z'; c++) label_ok[c] = 1;
     for (int c = '0'; c <= '9'; c++) label_ok[c] = 1;
     label_ok['-'] = 2; /* allowed inside a label, not at its ends */
-    ready = 1;
 }
 
 static inline int alnum(uint8_t c) { return label_ok[c] == 1; }
@@ -276,13 +276,15 @@ static int email_valid(const uint8_t *e, long len) {
 /* For each of `records` recorded records: the email (trimmed of spaces and tabs, lower-cased) checked, its
  * key, and the fingerprint: XXH3 of the content columns' raw values joined by \x1f. Emails are written
  * one after another to `emails` (at least the piece's size) with their offsets. -1 when a record is not
- * certain to be read the same way here: a non-ASCII or invalid email, or an email or fingerprint text
- * longer than HASH_MAX. `scratch` holds at least the piece's size plus the content columns. */
+ * certain to be read the same way here: a non-ASCII or invalid email, or an email longer than HASH_MAX.
+ * Rows whose fingerprinted text is longer than HASH_MAX are listed in long_rows (their ckeys left unset).
+ * `scratch` holds at least the piece's size plus the content columns. */
 long plan_records(const uint8_t *p, const int32_t *bounds, const uint8_t *escaped, long records, int nslots,
                   int email_slot, const int32_t *content_slots, int ncontent, uint64_t *ekeys, uint64_t *ckeys,
-                  uint8_t *emails, int32_t *email_offsets, uint8_t *scratch) {
-    tables();
+                  uint8_t *emails, int32_t *email_offsets, uint8_t *scratch, int64_t *long_rows,
+                  int64_t *nlong) {
     long written = 0;
+    *nlong = 0;
     email_offsets[0] = 0;
     for (long r = 0; r < records; r++) {
         const int32_t *slots = bounds + 2 * r * nslots;
@@ -308,19 +310,23 @@ long plan_records(const uint8_t *p, const int32_t *bounds, const uint8_t *escape
             value_t v = value_of(p, bounds, escaped, r * nslots + content_slots[k], scratch + joined);
             if (v.at != scratch + joined) memcpy(scratch + joined, v.at, (size_t)v.len);
             joined += v.len;
-            if (joined > HASH_MAX) return -1;
         }
-        ckeys[r] = xxh3_64(scratch, (size_t)joined);
+        if (joined > HASH_MAX) /* xxh3's long path: the caller hashes these rows */
+            long_rows[(*nlong)++] = r;
+        else
+            ckeys[r] = xxh3_64(scratch, (size_t)joined);
     }
     return written;
 }
 
 /* ---- a push: profiles as JSON ---- */
 
-/* Python's str.strip() on UTF-8 text without control characters: spaces and Unicode's other white space
- * (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000). */
+/* Python's str.strip() on UTF-8 text: ASCII white space (\t \n \v \f \r, \x1c-\x1f, space) and Unicode's
+ * other white space (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000). */
+static inline int ascii_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x1f); }
+
 static inline int space_at(const uint8_t *s, long n) { /* bytes of the white space starting at s, or 0 */
-    if (n >= 1 && s[0] == ' ') return 1;
+    if (n >= 1 && ascii_space(s[0])) return 1;
     if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
     if (n >= 3) {
         if (s[0] == 0xE1 && s[1] == 0x9A && s[2] == 0x80) return 3;
@@ -339,7 +345,7 @@ static inline value_t strip(value_t v) {
         v.len -= k;
     }
     for (;;) {
-        if (v.len >= 1 && v.at[v.len - 1] == ' ') {
+        if (v.len >= 1 && ascii_space(v.at[v.len - 1])) {
             v.len -= 1;
         } else if (v.len >= 2 && space_at(v.at + v.len - 2, 2) == 2) {
             v.len -= 2;
@@ -351,22 +357,32 @@ static inline value_t strip(value_t v) {
     }
 }
 
-static inline int has_control(value_t v) {
-    for (long i = 0; i < v.len; i++)
-        if (v.at[i] < 0x20) return 1;
-    return 0;
-}
-
 static inline uint8_t *put(uint8_t *w, const uint8_t *s, long n) {
     memcpy(w, s, (size_t)n);
     return w + n;
 }
 
 static inline uint8_t *put_escaped(uint8_t *w, value_t v) { /* JSON string content as orjson writes it */
+    static const char HEX[] = "0123456789abcdef";
     for (long i = 0; i < v.len; i++) {
         uint8_t c = v.at[i];
-        if (c == '"' || c == '\\') *w++ = '\\';
-        *w++ = c;
+        if (c >= 0x20) {
+            if (c == '"' || c == '\\') *w++ = '\\';
+            *w++ = c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '\b': *w++ = 'b'; break;
+        case '\t': *w++ = 't'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\r': *w++ = 'r'; break;
+        default:
+            w = put(w, (const uint8_t *)"u00", 3);
+            *w++ = HEX[c >> 4];
+            *w++ = HEX[c & 15];
+        }
     }
     return w;
 }
@@ -377,7 +393,7 @@ static long e164(value_t v, uint8_t *out) {
     long n = 0;
     for (long i = 0; i < v.len; i++) {
         uint8_t c = v.at[i];
-        if (c == ' ' || c == '(' || c == ')' || c == '.' || c == '-' || c == '/') continue;
+        if (ascii_space(c) || c == '(' || c == ')' || c == '.' || c == '-' || c == '/') continue;
         if (n >= 32) return 0;
         out[n++] = c;
     }
@@ -401,7 +417,7 @@ enum { TOP = 0, LOCATION = 1, PROPERTIES = 2 };
  * location values are trimmed like str.strip(); properties are not. Writes the profiles one after another
  * into out (room for all of them: the caller sizes it), their offsets, and each email's key; adds the
  * phones that are there but not E.164 to *warnings. -1 when a record is not for this path: a non-ASCII
- * email or phone, a control character in a value, an email longer than HASH_MAX. */
+ * email or phone, an email longer than HASH_MAX. */
 long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *escaped, int nslots,
                     const int64_t *chosen, long nchosen, int email_slot, int phone_slot, const int32_t *member_slot,
                     const int32_t *member_group, const int32_t *key_offsets, const uint8_t *keys, int nmembers,
@@ -417,16 +433,11 @@ long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *esca
         long r = chosen[c];
         w = put(w, (const uint8_t *)HEAD, sizeof HEAD - 1);
         value_t email = value_of(p, bounds, escaped, r * nslots + email_slot, scratch);
-        while (email.len > 0 && (email.at[0] == ' ' || (email.at[0] >= 9 && email.at[0] <= 13) ||
-                                 (email.at[0] >= 0x1c && email.at[0] <= 0x1f))) {
+        while (email.len > 0 && ascii_space(email.at[0])) {
             email.at++;
             email.len--;
         }
-        while (email.len > 0) {
-            uint8_t t = email.at[email.len - 1];
-            if (t == ' ' || (t >= 9 && t <= 13) || (t >= 0x1c && t <= 0x1f)) email.len--;
-            else break;
-        }
+        while (email.len > 0 && ascii_space(email.at[email.len - 1])) email.len--;
         if (email.len > HASH_MAX) return -1;
         uint8_t *lowered = w;
         for (long i = 0; i < email.len; i++) {
@@ -440,7 +451,6 @@ long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *esca
         long k = 0;
         for (; k < nmembers && member_group[k] == TOP; k++) {
             value_t v = strip(value_of(p, bounds, escaped, r * nslots + member_slot[k], scratch));
-            if (has_control(v)) return -1;
             if (v.len == 0) continue;
             *w++ = ',';
             w = put(w, keys + key_offsets[k], key_offsets[k + 1] - key_offsets[k]);
@@ -449,7 +459,6 @@ long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *esca
         }
         if (phone_slot >= 0) {
             value_t raw = strip(value_of(p, bounds, escaped, r * nslots + phone_slot, scratch));
-            if (has_control(raw)) return -1;
             if (raw.len > 0) {
                 for (long i = 0; i < raw.len; i++)
                     if (raw.at[i] >= 128) return -1;
@@ -469,7 +478,6 @@ long build_profiles(const uint8_t *p, const int32_t *bounds, const uint8_t *esca
             for (; k < nmembers && member_group[k] == g; k++) {
                 value_t v = value_of(p, bounds, escaped, r * nslots + member_slot[k], scratch);
                 if (g == LOCATION) v = strip(v);
-                if (has_control(v)) return -1;
                 if (v.len == 0) continue;
                 if (opened) {
                     *w++ = ',';
