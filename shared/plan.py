@@ -174,7 +174,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                 send = (old["e"][pos] != kept[:, E]) | (old["c"][pos] != kept[:, C])
         bits[kept[send, G].astype(np.int64)] = True
         to_send += int(send.sum())
-        keys_file.write(kept[:, [E, C]].astype("<u8").tobytes())  # KEYS_DTYPE records
+        keys_file.write(np.ascontiguousarray(kept[:, [E, C]], "<u8"))  # KEYS_DTYPE records
         if native.available:
             emails_file.write(native.email_lines(emails, by_key))
         else:
@@ -343,9 +343,10 @@ class _Spill:
         for b, (recs, texts) in enumerate(self.files):
             lo, hi = bounds[b], bounds[b + 1]
             if lo < hi:
-                recs.write(rec[lo:hi].astype("<u8").tobytes())
+                # Files take the arrays' memory as it is (no copies when it is little-endian already).
+                recs.write(np.ascontiguousarray(rec[lo:hi], "<u8"))
                 texts.write(text[byte_bounds[b] : byte_bounds[b + 1]])
-                self.lengths[b].write(lengths[lo:hi].tobytes())
+                self.lengths[b].write(np.ascontiguousarray(lengths[lo:hi], "<i4"))
 
     def buckets(self):
         """(lowest key, highest key, records in row order, their emails) per bucket."""
