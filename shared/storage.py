@@ -6,6 +6,7 @@ Reads stream (or use byte ranges), so a partition is never loaded whole.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -52,6 +53,27 @@ def _copy(target, source: ObjectStore, source_name: str, name: str) -> None:
             spool.write(chunk)
         spool.seek(0)
         target.write_file(name, spool)
+
+
+def _copy_file(source: BinaryIO, target: BinaryIO) -> None:
+    """source's rest into target: in the kernel (sendfile) between files, where Python's copy reads each
+    4 MB into a fresh buffer (0.7 s of a 5 M-row plan, which copies ~230 MB into its workspace)."""
+    try:
+        source_fd, target_fd = source.fileno(), target.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # not a file (BytesIO)
+        shutil.copyfileobj(source, target, READ_CHUNK)
+        return
+    offset = start = source.tell()  # (this also flushes what is buffered for writing)
+    target.flush()
+    try:
+        while sent := os.sendfile(target_fd, source_fd, offset, READ_CHUNK):
+            offset += sent
+    except OSError:
+        if offset != start:
+            raise
+        shutil.copyfileobj(source, target, READ_CHUNK)  # no sendfile between these two
+        return
+    source.seek(offset)
 
 
 class LocalStore:
@@ -120,7 +142,7 @@ class LocalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(fileobj, f, READ_CHUNK)
+            _copy_file(fileobj, f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 
 import pytest
 
@@ -42,3 +44,19 @@ def test_local_store_names_cannot_leave_its_folder(tmp_path):
         with pytest.raises(ValueError, match="escapes the store"):
             store.write_bytes(name, b"y")
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_a_local_file_is_written_from_where_the_source_stands(tmp_path):
+    """From a temporary file (copied in the kernel) or from memory: the rest of the source, whole."""
+    data = os.urandom(9 * 1024 * 1024 + 7)
+    store = LocalStore(tmp_path)
+    with tempfile.TemporaryFile() as spool:
+        spool.write(data)
+        spool.seek(5)
+        store.write_file("from-file", spool)
+        assert spool.tell() == len(data)
+        spool.write(b"more")  # written after what was copied: the source's position moved past it
+    memory = io.BytesIO(data)
+    memory.seek(5)
+    store.write_file("from-memory", memory)
+    assert store.read_bytes("from-file") == store.read_bytes("from-memory") == data[5:]
