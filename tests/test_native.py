@@ -93,6 +93,10 @@ def test_fields_are_what_the_csv_module_reads(rows, ending, terminated, mangle, 
         assert _fields(piece, 3, 1, 3) == parsed[1:3]
 
 
+def test_an_empty_range_of_records_scans_to_nothing():
+    assert _Scanner(CsvFormat(), 1, [0]).scan(b"a\nb\n", 1, 1)[0] == 0
+
+
 def test_what_the_scanner_leaves_to_the_other_paths():
     for piece in (b'a,"b"c,d\n', b'a,b"c,d\n', b"a,b\rc,d\n", b"a,b,c\n\nd,e,f\n", b'a,"b,c\n', b"a,b\n"):
         assert _fields(piece, 3) is None, piece

@@ -108,6 +108,7 @@ class _Scanner:
         self.slot_of = slot_of
         self.stats = np.zeros(1, np.int64)
         self.capacity = 0
+        self.bounds, self.escaped = np.empty(0, np.int32), np.empty(0, np.uint8)
 
     def slot(self, column: int) -> int:
         return self.slots.index(column)
