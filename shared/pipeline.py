@@ -200,7 +200,7 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     """The CPU side of a push: the unit's rows read back, mapped and batched into bulk import jobs.
     (batches, builder with oversize rejects, email key by locator, consenting profiles, counts)"""
     now = datetime.now(UTC)
-    key_by_locator: dict[str, int] = {}
+    key_by_locator: dict[int, int] = {}
     consenting: list[tuple[str, SubscribeProfile]] = []
     counts = {"warnings": 0, "not_consented": 0}
 
@@ -216,7 +216,7 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
             if built is not None:
                 made, sizes, ekeys, warnings = built
                 counts["warnings"] += warnings
-                locators = list(map(str, (chunk.chosen + chunk.first_gid).tolist()))  # row ids: see PlanReader.where
+                locators = (chunk.chosen + chunk.first_gid).tolist()  # row ids: see PlanReader.where
                 key_by_locator.update(zip(locators, ekeys.tolist(), strict=True))
                 batches += builder.add_many(locators, made, sizes)
                 continue

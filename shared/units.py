@@ -43,10 +43,11 @@ class PlanReader:
         self.email_index = self.plan["columns"].index(self.plan["email_field"])
         self._chunk_starts = np.array([c[4] for c in self.plan["chunks"]], np.int64)
 
-    def where(self, locator: str) -> dict:
-        """{"partition", "row"} of a locator: a row id of this plan (a push's locators are row ids, short
-        to build and store), or "partition:row" as written before row ids were used."""
-        if not locator.isdigit():
+    def where(self, locator: int | str) -> dict:
+        """{"partition", "row"} of a locator: a row id of this plan (a push's locators are row ids, cheap
+        to build and store), as written now (an int) or before (its digits), or "partition:row" as written
+        before row ids were used."""
+        if isinstance(locator, str) and not locator.isdigit():
             partition, _, row = locator.rpartition(":")
             return {"partition": partition, "row": int(row) if row.isdigit() else row}
         [(pidx, row)] = rows_of(self.plan["chunks"], self._chunk_starts, np.array([int(locator)]))
@@ -72,7 +73,7 @@ class PlanReader:
             if take == 0:
                 return
 
-    def iter_rows(self, source: ObjectStore, chunk: UnitChunk) -> Iterator[tuple[str, list[str], str]]:
+    def iter_rows(self, source: ObjectStore, chunk: UnitChunk) -> Iterator[tuple[int, list[str], str]]:
         """(locator, row, normalised email) for each record of the chunk the unit sends, in file order; the
         locator is the row id (see `where`)."""
         part, wanted = chunk.part, set(chunk.chosen.tolist())
@@ -80,14 +81,14 @@ class PlanReader:
         for block in iter_blocks(source, part, start=chunk.start, end=chunk.end, first_row=chunk.first_row):
             for i, row in enumerate(block.rows):
                 if offset + i in wanted:
-                    yield str(chunk.first_gid + offset + i), row, row[self.email_index].strip().lower()
+                    yield chunk.first_gid + offset + i, row, row[self.email_index].strip().lower()
             offset += len(block.rows)
         if offset != chunk.records:
             raise SourceError(
                 f"{part.label}: bytes {chunk.start}-{chunk.end} read {offset} records, planned {chunk.records}"
             )
 
-    def iter_unit(self, source: ObjectStore, unit: list[int]) -> Iterator[tuple[str, list[str], str]]:
+    def iter_unit(self, source: ObjectStore, unit: list[int]) -> Iterator[tuple[int, list[str], str]]:
         """(locator, row, normalised email) for each row of the unit, in file order."""
         for chunk in self.unit_chunks(unit):
             yield from self.iter_rows(source, chunk)

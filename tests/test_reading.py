@@ -161,7 +161,8 @@ def test_units_split_the_rows_to_send_and_cover_each_once(tmp_path):
 
 def test_a_push_locator_names_its_partition_and_row(tmp_path, monkeypatch):
     """A push's locators are row ids; PlanReader.where turns them into the partition and row a report
-    shows, across chunks and partitions, and still reads a "partition:row" locator written before."""
+    shows, across chunks and partitions, and still reads the locators of push records written before: row
+    ids as text, and "partition:row"."""
     store = LocalStore(tmp_path)
     rows = "".join(f"{i},u{i}@x.io,N{i}\n" for i in range(250)).encode()
     source = load_cdm(store, write_cdm(store, COLS, {"a.csv": rows, "b.csv": rows}), [], None)
@@ -171,13 +172,14 @@ def test_a_push_locator_names_its_partition_and_row(tmp_path, monkeypatch):
     reader = PlanReader(work, "run/")
     assert len(reader.plan["chunks"]) > 6
     a, b = (p.label for p in reader.partitions)
-    assert [reader.where(str(gid)) for gid in (0, 41, 249, 250, 499)] == [
+    assert [reader.where(gid) for gid in (0, 41, 249, 250, 499)] == [
         {"partition": a, "row": 1},
         {"partition": a, "row": 42},
         {"partition": a, "row": 250},
         {"partition": b, "row": 1},
         {"partition": b, "row": 250},
     ]
+    assert reader.where("41") == reader.where(41)
     assert reader.where("old/Seg_1.csv:17") == {"partition": "old/Seg_1.csv", "row": 17}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .models import RejectedProfile
+from .models import Locator, RejectedProfile
 
 __all__ = [
     "ENVELOPE_RESERVE",
@@ -95,7 +95,7 @@ class FlushPolicy:
 class ImportBatch:
     """Profiles for one job, with each profile's locator at the same index."""
 
-    locators: list[str] = field(default_factory=list)
+    locators: list[Locator] = field(default_factory=list)
     profiles: list[bytes] = field(default_factory=list)
     payload_bytes: int = 0  # sum of profile sizes plus separators
 
@@ -135,11 +135,11 @@ class BatchBuilder:
         self.policy = policy or FlushPolicy()
         self.rejects: list[RejectedProfile] = []
         self._on_reject = on_reject
-        self._locators: list[str] = []
+        self._locators: list[Locator] = []
         self._profiles: list[bytes] = []
         self._bytes = 0
 
-    def add(self, locator: str, profile: bytes) -> ImportBatch | None:
+    def add(self, locator: Locator, profile: bytes) -> ImportBatch | None:
         size = len(profile)
         reason = self.policy.reject_reason(size)
         if reason is not None:
@@ -159,7 +159,7 @@ class BatchBuilder:
         return full
 
     def add_many(
-        self, locators: Sequence[str], profiles: Sequence[bytes], sizes: np.ndarray | None = None
+        self, locators: Sequence[Locator], profiles: Sequence[bytes], sizes: np.ndarray | None = None
     ) -> list[ImportBatch]:
         """``add`` for many profiles at once: the same batches, cut with cumulative sizes instead of a
         Python step per profile. Returns the batches that filled up. `sizes` (the profiles' lengths) saves

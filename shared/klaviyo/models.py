@@ -31,11 +31,15 @@ def profile_index(pointer: str | None, *, allow_bare: bool = False) -> int | Non
     return int(m.group(1)) if m else None
 
 
+# Where a profile came from, opaque to the client: the pipeline uses the row's id in its plan (an int).
+Locator = int | str
+
+
 @dataclass(frozen=True, slots=True)
 class RejectedProfile:
     """A profile that never reached Klaviyo (oversize) or that Klaviyo refused in a 400."""
 
-    locator: str
+    locator: Locator
     detail: str
     code: str | None = None
 
@@ -84,10 +88,10 @@ class SubmitResult:
     job_id: str | None
     submitted: int
     rejected: list[RejectedProfile]
-    locators: tuple[str, ...] = ()
+    locators: tuple[Locator, ...] = ()
     job: ImportJob | None = None
 
-    def locator_for(self, index: int | None) -> str | None:
+    def locator_for(self, index: int | None) -> Locator | None:
         if index is None or not 0 <= index < len(self.locators):
             return None
         return self.locators[index]
