@@ -231,13 +231,16 @@ def _csv_bytes(rows) -> bytes:
     return buf.getvalue().encode()
 
 
+EXAMPLE_ROWS = [  # trimming, escaping, phones (one not E.164), Unicode white space
+    ["1", " Ann@Example.com", " Ann ", "+1 (425) 555-0100", " Köln ", "Gold", 'say "hi" \\ bye'],
+    ["2", "bob@example.com", "", "0044 20 7946 0958", "", "", ""],
+    ["3", "cid@example.com", "Cid", "not a phone", "Zoë\u00a0", " spaced ", "é/ü"],
+    ["4", "dee@example.com", "\u2003", "", "", "", ""],
+]
+
+
 def test_profiles_built_column_wise_are_byte_for_byte_the_row_paths():
-    rows = [
-        ["1", " Ann@Example.com", " Ann ", "+1 (425) 555-0100", " Köln ", "Gold", 'say "hi" \\ bye'],
-        ["2", "bob@example.com", "", "0044 20 7946 0958", "", "", ""],
-        ["3", "cid@example.com", "Cid", "not a phone", "Zoë\u00a0", " spaced ", "é/ü"],
-        ["4", "dee@example.com", "\u2003", "", "", "", ""],
-    ]
+    rows = EXAMPLE_ROWS
     data = _csv_bytes(rows)
     mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
     built = ColumnarProfiles(CsvFormat(), mapper).build(data, len(rows), np.array([0, 1, 2, 3]))
@@ -269,24 +272,25 @@ def test_arrow_trims_exactly_the_whitespace_python_strips():
     assert pc.utf8_trim_whitespace(pa.array(values)).to_pylist() == [v.strip() for v in values]
 
 
-value = st.text(alphabet=st.sampled_from(list(' \t"\\,/xé\u00a0()-+0123456789')), max_size=14)
-push_row = st.tuples(
-    st.sampled_from(["1", "2"]),
-    st.sampled_from(["a@b.co", " A@B.CO\t", "p@example.com"]),
-    value,
-    value,
-    value,
-    value,
-    value,
-)
+def push_rows(chars: str, emails: list[str]):
+    """Rows of PUSH_COLS: an id, one of `emails`, and five values of `chars`."""
+    value = st.text(alphabet=st.sampled_from(list(chars)), max_size=14)
+    return st.tuples(st.sampled_from(["1", "2"]), st.sampled_from(emails), *[value] * 5)
+
+
+def push_case(rows, data) -> tuple[list[int], bytes, ProfileMapper]:
+    """(the rows a unit sends, drawn; the rows as CSV; the mapper) for generated rows."""
+    chosen = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
+    return chosen, _csv_bytes(rows), ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+
+
+push_row = push_rows(' \t"\\,/xé\u00a0()-+0123456789', ["a@b.co", " A@B.CO\t", "p@example.com"])
 
 
 @settings(max_examples=300, deadline=None)
 @given(rows=st.lists(push_row, min_size=1, max_size=20), data=st.data())
 def test_column_wise_profiles_agree_with_the_row_path(rows, data):
-    chosen = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
-    raw = _csv_bytes(rows)
-    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    chosen, raw, mapper = push_case(rows, data)
     built = ColumnarProfiles(CsvFormat(), mapper).build(raw, len(rows), np.array(chosen))
     tabs = any("\t" in field for i in chosen for field in rows[i][2:])
     foreign_phone = any(not rows[i][3].strip().isascii() for i in chosen)

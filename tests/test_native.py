@@ -27,7 +27,7 @@ from shared.profiles import ProfileMapper, email_ok
 from shared.source import CsvFormat, load_cdm
 from shared.storage import LocalStore
 from tests.readers import write_cdm
-from tests.test_columnar import PUSH_COLS, PUSH_MAP, _csv_bytes, _row_path
+from tests.test_columnar import EXAMPLE_ROWS, PUSH_COLS, PUSH_MAP, _csv_bytes, _row_path, push_case, push_rows
 
 
 def test_the_library_is_built():
@@ -173,10 +173,7 @@ def _native_profiles(data: bytes, mapper: ProfileMapper, chosen: list[int], reco
 
 def test_profiles_are_byte_for_byte_the_row_paths():
     rows = [
-        ["1", " Ann@Example.com", " Ann ", "+1 (425) 555-0100", " Köln ", "Gold", 'say "hi" \\ bye'],
-        ["2", "bob@example.com", "", "0044 20 7946 0958", "", "", ""],
-        ["3", "cid@example.com", "Cid", "not a phone", "Zoë\u00a0", " spaced ", "é/ü"],
-        ["4", "dee@example.com", "\u2003", "", "", "", ""],
+        *EXAMPLE_ROWS,
         ["5", "eve@example.com", "", "", "", "", ""],
         ["6", "\tfay@example.com\r\n", "\x0bFay\x1f", " +44\t20 7946 0958\n", "two\nlines", "", "a\x01\tb\x1f"],
     ]
@@ -212,24 +209,16 @@ def test_values_are_trimmed_exactly_as_python_strips():
         assert got == [v.strip() for v in values]
 
 
-value = st.text(alphabet=st.sampled_from(list(' \t\n\r\x0b\x01\x1f"\\,/xé\u00a0\u2028()-+0123456789')), max_size=14)
-any_row = st.tuples(
-    st.sampled_from(["1", "2"]),
-    st.sampled_from(["a@b.co", " A@B.CO\t", "p@example.com", "\x0bq@example.com\r\n"]),
-    value,
-    value,
-    value,
-    value,
-    value,
+any_row = push_rows(
+    ' \t\n\r\x0b\x01\x1f"\\,/xé\u00a0\u2028()-+0123456789',
+    ["a@b.co", " A@B.CO\t", "p@example.com", "\x0bq@example.com\r\n"],  # emails padded with ASCII white space
 )
 
 
 @settings(max_examples=400, deadline=None)
 @given(rows=st.lists(any_row, min_size=1, max_size=20), data=st.data())
 def test_profiles_agree_with_the_row_path_on_any_rows(rows, data):
-    chosen = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
-    raw = _csv_bytes(rows)
-    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    chosen, raw, mapper = push_case(rows, data)
     built = _native_profiles(raw, mapper, chosen, len(rows))
     foreign_phone = any(not rows[i][3].strip().isascii() for i in chosen)
     assert (built is None) == foreign_phone  # a non-ASCII phone goes to the other paths
