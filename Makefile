@@ -27,7 +27,7 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 NATIVE := shared/native/libfastpath.so
 $(NATIVE): shared/native/fastpath.c
 	@command -v cc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev)
-	cc -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
+	cc -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -DSOURCE_SHA256='"'$$(sha256sum $< | cut -c1-64)'"' -o $@ $<
 
 native: $(NATIVE)
 

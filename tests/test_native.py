@@ -5,8 +5,10 @@ the Arrow or row path takes the block; these tests check it declines only where 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -32,6 +34,20 @@ from tests.test_columnar import EXAMPLE_ROWS, PUSH_COLS, PUSH_MAP, _csv_bytes, _
 
 def test_the_library_is_built():
     assert native.available, f"{native.LIBRARY} is missing: `make native` builds it (make setup does too)"
+
+
+def test_a_library_built_from_another_source_is_not_loaded(tmp_path, monkeypatch, caplog):
+    """A stale build (its functions may take other arguments) is refused, and the Arrow path runs."""
+    built = native.LIBRARY.with_name("fastpath.c").read_bytes()
+    source, library = tmp_path / "fastpath.c", tmp_path / "libfastpath.so"
+    source.write_bytes(built)
+    digest = f'-DSOURCE_SHA256="{hashlib.sha256(built).hexdigest()}"'
+    subprocess.run(["cc", "-O0", "-fPIC", "-shared", digest, "-o", str(library), str(source)], check=True)
+    monkeypatch.setattr(native, "LIBRARY", library)
+    assert native._load() is not None  # built from the source beside it
+    source.write_bytes(built + b"\n/* the next version */\n")
+    assert native._load() is None
+    assert "built from another fastpath.c" in caplog.text
 
 
 def test_xxh3_equals_the_xxhash_library_at_every_length():

@@ -10,6 +10,8 @@ ProfileMapper do, and return None for anything else, so those paths keep every e
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,15 @@ _RESERVED = {"email", "phone_number", "location", "properties"}
 def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(LIBRARY))
-    except OSError:
+    except OSError:  # not built (or built for another platform)
+        return None
+    lib.fastpath_source.argtypes, lib.fastpath_source.restype = [], ctypes.c_char_p
+    source = hashlib.sha256(LIBRARY.with_name("fastpath.c").read_bytes()).hexdigest()
+    if lib.fastpath_source().decode() != source:
+        logging.getLogger(__name__).warning(
+            "%s was built from another fastpath.c: `make native` rebuilds it; meanwhile the Arrow path runs",
+            LIBRARY.name,
+        )
         return None
     lib.xxh3_64.argtypes, lib.xxh3_64.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_uint64
     lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _L, _L, _L, _P]
