@@ -127,8 +127,7 @@ class ColumnarReader:
         # read() checks the whole block's UTF-8 first, so Arrow need not check the columns again.
         include = [mapper.email_index, *mapper.content_indexes]
         self.csv = _ArrowCsv(fmt, mapper.width, include, check_utf8=False)
-        # A profile's JSON with every field filled: escaping can make a value at most 6 times its length.
-        self.skeleton_bytes = len(mapper.profile_json(["x"] * mapper.width, "a@b.co")[0]) + 64
+        self.skeleton_bytes = mapper.skeleton_bytes()
 
     def read(self, piece: bytes) -> ColumnarBlock | None:
         try:  # the row path rejects a row with bad bytes in any field, mapped or not
@@ -179,7 +178,6 @@ def lines_of(strings: pa.Array) -> memoryview:
 
 _PHONE_JUNK_RE2 = r"[\t\n\x0b\x0c\r\x1c-\x1f ().\-/]"  # the row path's [\s().\-/] on ASCII text
 _E164_RE2 = r"^\+[1-9][0-9]{6,14}$"
-_RESERVED = {"email", "phone_number", "location", "properties"}
 
 
 def _cat(*parts) -> pa.StringArray:
@@ -259,12 +257,7 @@ class ColumnarProfiles:
     def __init__(self, fmt: CsvFormat, mapper: ProfileMapper, native: bool = True):
         self.native = NativeProfiles(fmt, mapper) if native else None
         self.mapper = m = mapper
-        keys = (
-            [k for _, k in m.top]
-            + [f"location.{k}" for _, k in m.location]
-            + [f"properties.{k}" for _, k in m.properties]
-        )
-        self.usable = len(set(keys)) == len(keys) and not _RESERVED & {k for _, k in m.top}
+        self.usable = m.one_column_per_attribute()
         used = [m.email_index, *(i for i, _ in m.top + m.location + m.properties)]
         if m.phone_index is not None:
             used.append(m.phone_index)

@@ -201,7 +201,7 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     (batches, builder with oversize rejects, email key by locator, consenting profiles, counts)"""
     now = datetime.now(UTC)
     key_by_locator: dict[int, int] = {}
-    consenting: list[tuple[str, SubscribeProfile]] = []
+    consenting: list[tuple[int, SubscribeProfile]] = []
     counts = {"warnings": 0, "not_consented": 0}
 
     columnar: dict[str, ColumnarProfiles] = {}

@@ -162,6 +162,19 @@ class ProfileMapper:
                 attrs["properties"] = props
         return attrs, warning
 
+    def one_column_per_attribute(self) -> bool:
+        """No two mappings onto one attribute, and none onto a top-level key the profile sets itself (the
+        row path lets the later one win): what the column-wise profile builders need."""
+        keys = [k for _, k in self.top] + [f"location.{k}" for _, k in self.location]
+        keys += [f"properties.{k}" for _, k in self.properties]
+        reserved = {"email", "phone_number", "location", "properties"}
+        return len(set(keys)) == len(keys) and not reserved & {k for _, k in self.top}
+
+    def skeleton_bytes(self) -> int:
+        """A profile's JSON with every field one character long, and room to spare: escaping makes a value
+        at most 6 times its length, so no record of n bytes makes a profile over this plus 6 n."""
+        return len(self.profile_json(["x"] * self.width, "a@b.co")[0]) + 64
+
     def consent_of(self, row: list[str], now: datetime) -> tuple[bool, str | None, str | None]:
         """(consented, consented_at as ISO text or None, warning). Nobody is subscribed without a consent
         value the export names; a consented-at that is malformed or in the future is left out (the

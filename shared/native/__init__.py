@@ -26,7 +26,6 @@ LIBRARY = Path(__file__).with_name("libfastpath.so")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 _UTF8 = {"utf-8", "utf8", "utf_8"}
 _TOP, _LOCATION, _PROPERTIES = 0, 1, 2
-_RESERVED = {"email", "phone_number", "location", "properties"}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -146,8 +145,7 @@ class NativePlanReader:
         self.scanner = _Scanner(fmt, mapper.width, [mapper.email_index, *mapper.content_indexes])
         self.email_slot = self.scanner.slot(mapper.email_index)
         self.content_slots = np.array([self.scanner.slot(i) for i in mapper.content_indexes], np.int32)
-        # A profile's JSON with every field filled: escaping can make a value at most 6 times its length.
-        self.skeleton_bytes = len(mapper.profile_json(["x"] * mapper.width, "a@b.co")[0]) + 64
+        self.skeleton_bytes = mapper.skeleton_bytes()
 
     def read(self, piece: bytes) -> tuple[int, np.ndarray, np.ndarray, pa.StringArray] | None:
         if not self.scanner.usable:
@@ -191,14 +189,12 @@ class NativeProfiles:
         m = mapper
         members = [(i, k, _TOP) for i, k in m.top] + [(i, k, _LOCATION) for i, k in m.location]
         members += [(i, k, _PROPERTIES) for i, k in m.properties]
-        keys = [k for _, k in m.top] + [f"location.{k}" for _, k in m.location]
-        keys += [f"properties.{k}" for _, k in m.properties]
         columns = [m.email_index, *(i for i, _, _ in members)]
         if m.phone_index is not None:
             columns.append(m.phone_index)
         self.scanner = _Scanner(fmt, m.width, columns)
-        # Two mappings onto one attribute, or a top-level key the profile sets itself, go row by row.
-        self.usable = self.scanner.usable and len(set(keys)) == len(keys) and not _RESERVED & {k for _, k in m.top}
+        # Two mappings onto one attribute, or one onto a key the profile sets itself: the row path.
+        self.usable = self.scanner.usable and m.one_column_per_attribute()
         self.email_slot = self.scanner.slot(m.email_index)
         self.phone_slot = -1 if m.phone_index is None else self.scanner.slot(m.phone_index)
         self.member_slot = np.array([self.scanner.slot(i) for i, _, _ in members], np.int32)
