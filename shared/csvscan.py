@@ -22,6 +22,10 @@ from shared.storage import ObjectStore
 
 BLOCK_BYTES = 256 * 1024
 MAX_RECORD_BYTES = 1024 * 1024  # a profile over 100 KB is rejected anyway; past 1 MB the file is broken
+# The csv module fails a whole read on a field over 128 K characters, where Arrow and the C kernels read it:
+# one long notes column would fail a run on one path and not on another. Every path takes fields up to the
+# record limit instead; a profile that comes out over Klaviyo's 100 KB is still rejected row by row.
+csv.field_size_limit(MAX_RECORD_BYTES)
 BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\udc80-\udcff]")
 

@@ -101,6 +101,17 @@ def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, ba
     assert set(taken) == {True, False}  # both paths ran: the bad row's block went row by row, clean ones column-wise
 
 
+def test_a_field_over_the_csv_modules_default_limit_is_read_on_every_path(tmp_path, monkeypatch, plan_path):
+    """A 200 KB notes column (not mapped): every path reads the row, the row path too, where the csv
+    module's default limit (128 K characters) would have failed the run."""
+    lines = [q(str(i), f"p{i}@example.com", "N") for i in range(30)]
+    lines[3] = q("3", "long@example.com", "x" * 200_000)  # FirstName is mapped: this profile is over 100 KB
+    lines[7] = q("n" * 200_000, "p7@example.com", "N")  # an unmapped column: fine
+    lines[20] = q("20", "not an email", "N")  # sends its block down the row path
+    taken = _same_both_ways(tmp_path, {"a.csv": "\n".join(lines).encode()}, 1_000_000, monkeypatch)
+    assert not all(taken)  # the long rows were read row by row (before, the csv module failed the run there)
+
+
 def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch, plan_path):
     lines = [q(str(i), f"p{i}@example.com", f"N{i}").encode() for i in range(20)]
     lines.insert(5, b'"5","x@example.com","Ev\xff"')  # in a mapped field

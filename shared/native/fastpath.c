@@ -118,7 +118,7 @@ uint64_t xxh3_64(const uint8_t *in, size_t len) {
 
 /* ---- CSV: records cut into fields ---- */
 
-#define CSV_FIELD_LIMIT 131072 /* the csv module's field_size_limit: it fails a longer field */
+#define CSV_FIELD_LIMIT 1048576 /* the csv module's field_size_limit (csvscan.py sets it): it fails a longer field */
 
 /* Scans a piece of whole records. Records before `skip` are only counted; for the records from `skip`
  * up to `stop` (or the end, when stop < 0) the fields of the wanted columns (slot_of[column] >= 0) are
