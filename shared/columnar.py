@@ -26,6 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import xxhash
 
+from shared.arrowtext import data as _data
+from shared.arrowtext import offsets as _offsets
 from shared.csvscan import records_span
 from shared.native import NativePlanReader, NativeProfiles
 from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
@@ -58,7 +60,6 @@ _hold_memory_flat()
 # RE2 (Arrow's regex engine) has no lookaheads: the lengths the row path checks in its pattern are checked
 # with length kernels instead.
 _EMAIL_RE2 = f"^{EMAIL_BODY_PATTERN}$"
-_UTF8 = {"utf-8", "utf8", "utf_8"}
 
 
 @dataclass
@@ -69,19 +70,11 @@ class ColumnarBlock:
     emails: pa.StringArray  # normalised emails
 
 
-def _offsets(strings: pa.Array) -> np.ndarray:
-    return np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, offset=strings.offset * 4)
-
-
-def _data(strings: pa.Array, offsets: np.ndarray) -> np.ndarray:
-    return np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-
-
 class _ArrowCsv:
     """Arrow's CSV reader set up to read records exactly as the csv module does (see the module's doc)."""
 
     def __init__(self, fmt: CsvFormat, width: int, include: list[int], check_utf8: bool = True):
-        self.usable = fmt.encoding.lower() in _UTF8 and len(fmt.delimiter) == 1
+        self.usable = fmt.utf8 and len(fmt.delimiter) == 1
         names = [f"c{i}" for i in range(width)]
         self.read_options = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 26)
         self.parse_options = pacsv.ParseOptions(
@@ -172,7 +165,7 @@ def lines_of(strings: pa.Array) -> memoryview:
     if len(strings) == 0:
         return memoryview(b"")
     joined = pc.binary_join_element_wise(strings, "", "\n")
-    offsets = np.frombuffer(joined.buffers()[1], np.int32, len(joined) + 1, offset=joined.offset * 4)
+    offsets = _offsets(joined)
     return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from shared import native
+from shared import arrowtext, native
 from shared.columnar import ColumnarReader, lines_of
 from shared.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
 from shared.errors import ExportError
@@ -334,11 +334,11 @@ class _Spill:
             order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
             rec, bucket = np.take(rec, order, axis=0), bucket[order]
             emails = emails.take(pa.array(order))
-            offsets = np.frombuffer(emails.buffers()[1], np.int32, len(emails) + 1)
-            text = memoryview(emails.buffers()[2])
+            offsets = arrowtext.offsets(emails)
+            text = arrowtext.data(emails, offsets)
             lengths = np.diff(offsets)
             bounds = np.searchsorted(bucket, np.arange(len(self.files) + 1, dtype=np.uint64))
-            byte_bounds = offsets[bounds]
+            byte_bounds = (offsets - offsets[0])[bounds]
         bounds, byte_bounds = bounds.tolist(), byte_bounds.tolist()
         for b, (recs, texts) in enumerate(self.files):
             lo, hi = bounds[b], bounds[b + 1]

@@ -26,6 +26,10 @@ class CsvFormat:
     quoting: bool = True  # RFC 4180 quoting with '"' (CDM QuoteStyle.Csv); False for QuoteStyle.None
     encoding: str = "utf-8"
 
+    @property
+    def utf8(self) -> bool:
+        return self.encoding.lower() in {"utf-8", "utf8", "utf_8"}
+
 
 @dataclass(frozen=True)
 class Partition:

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from shared import arrowtext
+
 # XXH3's default secret (xxhash.h: XXH3_kSecret).
 _SECRET = bytes.fromhex(
     "b8fe6c3923a44bbe7c01812cf721ad1cded46de9839097db7240a4a4b7b3671f"
@@ -135,10 +137,10 @@ _PATHS = ((1, 3, _len_1to3), (4, 8, _len_4to8), (9, 16, _len_9to16), (17, SHORT_
 def xxh3_64_array(strings: pa.Array) -> np.ndarray:
     """uint64 XXH3-64 of each value of a string or binary array without nulls."""
     n = len(strings)
-    offsets = np.frombuffer(strings.buffers()[1], np.int32, n + 1, offset=strings.offset * 4).astype(np.int64)
-    base = offsets[0]
-    start, length = offsets[:-1] - base, np.diff(offsets)
-    data = _Bytes(np.frombuffer(strings.buffers()[2], np.uint8)[base : offsets[-1]] if n else np.empty(0, np.uint8))
+    at = arrowtext.offsets(strings)
+    offsets = at.astype(np.int64)
+    start, length = offsets[:-1] - offsets[0], np.diff(offsets)
+    data = _Bytes(arrowtext.data(strings, at))
     out = np.full(n, _EMPTY, _U64)
     for low, high, path in _PATHS:
         rows = np.flatnonzero((length >= low) & (length <= high))

@@ -19,12 +19,12 @@ import orjson
 import pyarrow as pa
 import xxhash
 
+from shared import arrowtext
 from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper
 from shared.source import CsvFormat
 
 LIBRARY = Path(__file__).with_name("libfastpath.so")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-_UTF8 = {"utf-8", "utf8", "utf_8"}
 _TOP, _LOCATION, _PROPERTIES = 0, 1, 2
 
 
@@ -64,10 +64,8 @@ def xxh3_64(data: bytes) -> int:
 
 def _text(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A string array's offsets (rebased to 0) and bytes."""
-    offsets = np.frombuffer(strings.buffers()[1], np.int32, len(strings) + 1, offset=strings.offset * 4)
-    buffer = strings.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8) if buffer is not None and buffer.size else np.zeros(1, np.uint8)
-    return np.ascontiguousarray(offsets - offsets[0]), data[offsets[0] :]
+    offsets = arrowtext.offsets(strings)
+    return np.ascontiguousarray(offsets - offsets[0]), arrowtext.data(strings, offsets)
 
 
 def bucket_records(bits: int, ekeys, ckeys, gids, emails: pa.StringArray):
@@ -104,12 +102,7 @@ class _Scanner:
 
     def __init__(self, fmt: CsvFormat, width: int, columns: list[int]):
         # (The csv module ends a record at \r or \n whatever the delimiter: such a delimiter stays with it.)
-        self.usable = (
-            available
-            and fmt.encoding.lower() in _UTF8
-            and len(fmt.delimiter.encode()) == 1
-            and fmt.delimiter not in "\r\n"
-        )
+        self.usable = available and fmt.utf8 and len(fmt.delimiter.encode()) == 1 and fmt.delimiter not in "\r\n"
         self.delimiter, self.quoting, self.width = ord(fmt.delimiter), int(fmt.quoting), width
         self.slots = list(dict.fromkeys(columns))
         slot_of = np.full(width, -1, np.int32)
