@@ -22,10 +22,10 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
-# The fast path's C kernels (shared/native): a plain C compiler is all they need. Without the library the
+# The fast path's C kernels (shared/planning/native): a plain C compiler is all they need. Without the library the
 # app runs the same on the Arrow path, at about half the speed.
-NATIVE := shared/native/libfastpath.so
-$(NATIVE): shared/native/fastpath.c
+NATIVE := shared/planning/native/libfastpath.so
+$(NATIVE): shared/planning/native/fastpath.c
 	@command -v cc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev)
 	cc -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -DSOURCE_SHA256='"'$$(sha256sum $< | cut -c1-64)'"' -o $@ $<
 

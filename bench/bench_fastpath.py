@@ -27,13 +27,13 @@ MAPPINGS = {
 def one_run(model: str) -> None:
     import resource
 
-    from shared.klaviyo.batching import import_body
     from shared.pipeline import build_unit
-    from shared.plan import plan_export
-    from shared.profiles import ProfileMapper
-    from shared.source import resolve_source_arg
-    from shared.storage import LocalStore
-    from shared.units import PlanReader
+    from shared.planning.plan import plan_export
+    from shared.planning.profiles import ProfileMapper
+    from shared.planning.units import PlanReader
+    from shared.platform.storage import LocalStore
+    from shared.pushing.klaviyo.batching import import_body
+    from shared.reading.source import resolve_source_arg
 
     work = LocalStore(OUT / "work-fastpath")
     source = resolve_source_arg(model)

@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-from shared.klaviyo import build_batches, serialize_profile
+from shared.pushing.klaviyo import build_batches, serialize_profile
 
 
 def rows(n: int, wide: bool):

@@ -28,8 +28,8 @@ import httpx
 
 from localdev.sample import write_ci_export
 from localdev.services import run_emulator
-from shared.klaviyo.client import KlaviyoClient
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
+from shared.pushing.klaviyo.client import KlaviyoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "pk_bench_0123456789abcdef"

@@ -26,7 +26,7 @@ def export_for(rows: int) -> Path:
     model = folder / "CustomerInsights_demo/klaviyo-export/model.json"
     if not model.exists():
         from localdev.sample import write_ci_export
-        from shared.storage import LocalStore
+        from shared.platform.storage import LocalStore
 
         shutil.rmtree(folder, ignore_errors=True)
         write_ci_export(LocalStore(folder), rows, partitions=4)
@@ -36,10 +36,10 @@ def export_for(rows: int) -> Path:
 def one_run(model: str) -> None:
     import resource
 
-    from shared.plan import plan_export
-    from shared.profiles import ProfileMapper
-    from shared.source import resolve_source_arg
-    from shared.storage import LocalStore
+    from shared.planning.plan import plan_export
+    from shared.planning.profiles import ProfileMapper
+    from shared.platform.storage import LocalStore
+    from shared.reading.source import resolve_source_arg
 
     work = OUT / "work"
     source = resolve_source_arg(model)

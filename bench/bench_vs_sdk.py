@@ -22,7 +22,7 @@ from klaviyo_api import KlaviyoAPI
 from bench.bench_pipeline import KEY, new_list, run_cli
 from localdev.sample import write_ci_export
 from localdev.services import run_emulator
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
 
 
 def sdk_baseline(model_path: Path, url: str, list_id: str) -> float:

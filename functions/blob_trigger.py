@@ -11,10 +11,10 @@ import logging
 import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as blob
 
-from shared.config import ConfigStore
+from shared.platform.config import ConfigStore
+from shared.platform.runtime import blob_store, open_store
+from shared.platform.settings import get_settings
 from shared.runs import runs_for_blob
-from shared.runtime import blob_store, open_store
-from shared.settings import get_settings
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)

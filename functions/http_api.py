@@ -7,10 +7,10 @@ import azure.functions as func
 import orjson
 
 from shared.api import Api, principal_name, principal_roles
-from shared.config import ConfigStore
-from shared.runtime import blob_store, open_store
-from shared.secrets import get_secret_provider
-from shared.settings import get_settings
+from shared.platform.config import ConfigStore
+from shared.platform.runtime import blob_store, open_store
+from shared.platform.secrets import get_secret_provider
+from shared.platform.settings import get_settings
 
 bp = df.Blueprint(http_auth_level=func.AuthLevel.FUNCTION)
 PRINCIPAL = "x-ms-client-principal"

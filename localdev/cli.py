@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from shared.config import validation_errors
-from shared.errors import ExportError
+from shared.platform.config import validation_errors
+from shared.platform.errors import ExportError
 
 
 def _parse_fields(values: list[str]) -> dict[str, str]:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sample":
             from localdev.sample import write_ci_export
-            from shared.storage import LocalStore
+            from shared.platform.storage import LocalStore
 
             name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions)
             print(Path(args.folder) / name)

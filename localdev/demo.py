@@ -34,9 +34,9 @@ from localdev.host import LocalHost, configure_logging
 from localdev.host_client import HostClient, app_settings
 from localdev.sample import DEFAULT_MAPPINGS, write_ci_export
 from localdev.services import run_azurite, run_emulator
-from shared.klaviyo.client import JSONAPI, REVISION, KlaviyoClient
+from shared.platform.storage import BlobStore
+from shared.pushing.klaviyo.client import JSONAPI, REVISION, KlaviyoClient
 from shared.runs import instance_id
-from shared.storage import BlobStore
 
 EXPORT = "demo"
 CONNECTION = "demo"

@@ -25,7 +25,7 @@ Function code runs on one event loop of its own (the "worker"), apart from the H
 Functions host, where the worker is a separate process; synchronous functions run on a thread pool.
 Settings come from the ``settings`` passed to :class:`LocalHost`, then the environment, then
 ``local.settings.json``'s ``Values`` (the environment wins over the file, as with Core Tools), then the app's own
-defaults (``shared.settings``); the process environment is restored on stop.
+defaults (``shared.platform.settings``); the process environment is restored on stop.
 The containers the app uses (created by Bicep in Azure) are created in Azurite if missing.
 """
 
@@ -123,10 +123,10 @@ def resolve_refs(value: str, environ: Mapping[str, str]) -> str:
 
 
 def app_setting_defaults() -> dict[str, str]:
-    """The app's own defaults (``shared.settings.AppSettings``) by setting name. The host sets those not set
+    """The app's own defaults (``shared.platform.settings.AppSettings``) by setting name. The host sets those not set
     otherwise, so binding expressions such as ``%SEGMENTS_CONTAINER%`` resolve as they do in Azure, where the
     deployment sets every one of them."""
-    from shared.settings import AppSettings
+    from shared.platform.settings import AppSettings
 
     defaults = {}
     for field in AppSettings.model_fields.values():
@@ -137,8 +137,8 @@ def app_setting_defaults() -> dict[str, str]:
 
 def _clear_setting_caches() -> None:
     """The app reads its settings once per process (lru_cache); a host (re)configuring it must clear them."""
-    from shared.secrets import get_secret_provider
-    from shared.settings import get_settings
+    from shared.platform.secrets import get_secret_provider
+    from shared.platform.settings import get_settings
 
     get_settings.cache_clear()
     get_secret_provider.cache_clear()
@@ -620,7 +620,7 @@ class LocalHost:
         functions = describe_functions(app)
         self.functions = {f.name: f for f in functions}
 
-        from shared.settings import get_settings
+        from shared.platform.settings import get_settings
 
         settings = get_settings()
         if not settings.app_storage:

@@ -11,12 +11,12 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.config import Connection, ExportConfig, PrivacyAcceptance, SourceConfig
-from shared.errors import ExportError
+from shared.platform.config import Connection, ExportConfig, PrivacyAcceptance, SourceConfig
+from shared.platform.errors import ExportError
+from shared.platform.runtime import blob_store, local_store
+from shared.platform.settings import AppSettings
+from shared.platform.storage import split_blob_url
 from shared.runs import ORCHESTRATOR, build_run, instance_id
-from shared.runtime import blob_store, local_store
-from shared.settings import AppSettings
-from shared.storage import split_blob_url
 
 LOCAL_CONNECTION = "local"
 EMULATOR_KEY_ENV = "KLAVIYO_API_KEY"
@@ -59,7 +59,7 @@ def klaviyo_endpoint(url: str | None, list_id: str, dry_run: bool = False) -> It
     import asyncio
 
     from localdev.services import run_emulator
-    from shared.klaviyo.client import KlaviyoClient
+    from shared.pushing.klaviyo.client import KlaviyoClient
 
     key = "pk_local_emulator_" + os.urandom(8).hex()
 
@@ -124,7 +124,7 @@ def run_export(args, on_progress=None) -> dict:
         privacy_acceptance=PrivacyAcceptance(accepted_by="command line user", accepted_at=datetime.now(UTC)),
     )
     settings = AppSettings(JOB_POLL_INTERVAL_S=1)
-    from shared.runtime import open_store
+    from shared.platform.runtime import open_store
 
     source_store = open_store(store_desc, settings)
     etag = source_store.info(name).etag

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from shared.storage import ObjectStore
+from shared.platform.storage import ObjectStore
 
 COLUMNS = ["CustomerId", "Email", "FirstName", "LastName", "Phone", "City", "Country", "LoyaltyTier"]
 FIRST = ["Ana", "Ben", "Chloé", "Dmitri", "Eve", "Farah", "Giulia", "Hiro", "Iris", "Jonas", "Kai", "Lena"]

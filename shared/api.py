@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import ValidationError
 
-from shared.config import (
+from shared.finishing.history import RUNS_SHOWN, recent_reports, render_page
+from shared.platform.config import (
     ConfigNotFoundError,
     ConfigStore,
     ConfigValidationError,
@@ -19,14 +20,13 @@ from shared.config import (
     PrivacyAcceptance,
     validation_errors,
 )
-from shared.errors import ConfigError, ExportError
-from shared.history import RUNS_SHOWN, recent_reports, render_page
-from shared.klaviyo.client import KlaviyoClient
-from shared.klaviyo.errors import KlaviyoError
+from shared.platform.errors import ConfigError, ExportError
+from shared.platform.runtime import blob_store, open_store
+from shared.platform.secrets import SecretProvider
+from shared.platform.settings import AppSettings
+from shared.pushing.klaviyo.client import KlaviyoClient
+from shared.pushing.klaviyo.errors import KlaviyoError
 from shared.runs import ACTIVE, build_run, instance_id, latest_source
-from shared.runtime import blob_store, open_store
-from shared.secrets import SecretProvider
-from shared.settings import AppSettings
 
 MAX_BODY_BYTES = 256 * 1024
 Reply = tuple[int, dict | list]

@@ -16,21 +16,21 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
-from shared import turns
-from shared.columnar import ColumnarProfiles
-from shared.errors import ExportError
-from shared.klaviyo.batching import BatchBuilder
-from shared.klaviyo.client import KlaviyoClient
-from shared.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
-from shared.klaviyo.limits import RateLimiter, account_limiter
-from shared.klaviyo.models import SubscribeProfile
-from shared.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
-from shared.profiles import ProfileMapper, email_key
-from shared.report import JobSummary, RunReport
-from shared.runtime import open_store, secrets
-from shared.source import open_source
-from shared.storage import ObjectStore
-from shared.units import PlanReader
+from shared.finishing.report import JobSummary, RunReport
+from shared.planning.columnar import ColumnarProfiles
+from shared.planning.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
+from shared.planning.profiles import ProfileMapper, email_key
+from shared.planning.units import PlanReader
+from shared.platform.errors import ExportError
+from shared.platform.runtime import open_store, secrets
+from shared.platform.storage import ObjectStore
+from shared.pushing import turns
+from shared.pushing.klaviyo.batching import BatchBuilder
+from shared.pushing.klaviyo.client import KlaviyoClient
+from shared.pushing.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
+from shared.pushing.klaviyo.limits import RateLimiter, account_limiter
+from shared.pushing.klaviyo.models import SubscribeProfile
+from shared.reading.source import open_source
 
 log = logging.getLogger(__name__)
 FAILURES_SAMPLE = 20

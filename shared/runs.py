@@ -10,11 +10,11 @@ import hashlib
 import posixpath
 from datetime import UTC, datetime
 
-from shared.config import ConfigStore, Connection, ExportConfig
-from shared.errors import ConfigError, SourceError
-from shared.runtime import blob_store
-from shared.settings import AppSettings
-from shared.storage import ObjectStore
+from shared.platform.config import ConfigStore, Connection, ExportConfig
+from shared.platform.errors import ConfigError, SourceError
+from shared.platform.runtime import blob_store
+from shared.platform.settings import AppSettings
+from shared.platform.storage import ObjectStore
 
 ORCHESTRATOR = "export_orchestrator"
 ACTIVE = {"Pending", "Running", "ContinuedAsNew"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from shared.klaviyo.client import KlaviyoClient
+from shared.pushing.klaviyo.client import KlaviyoClient
 from tests.fixtures.services import EMULATOR_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def consent_by_email(url: str, emails: list[str]) -> dict[str, dict]:
 
 def add_outsider(url: str, list_id: str, email: str) -> None:
     """Someone added to the list by another tool: mirror mode must never touch them."""
-    from shared.klaviyo.batching import ImportBatch, serialize_profile
+    from shared.pushing.klaviyo.batching import ImportBatch, serialize_profile
 
     async def go():
         async with KlaviyoClient(EMULATOR_KEY, url) as client:

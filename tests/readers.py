@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 
-from shared.plan import PlanOptions, plan_export
-from shared.profiles import ProfileMapper
-from shared.source import ExportSource
-from shared.storage import ObjectStore
-from shared.units import PlanReader
+from shared.planning.plan import PlanOptions, plan_export
+from shared.planning.profiles import ProfileMapper
+from shared.planning.units import PlanReader
+from shared.platform.storage import ObjectStore
+from shared.reading.source import ExportSource
 
 
 def write_cdm(

@@ -10,7 +10,7 @@ import sys
 import orjson
 import pytest
 
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
 from tests.pipeline_helpers import ROOT
 from tests.readers import write_cdm
 

@@ -11,8 +11,8 @@ from azure.storage.blob import BlobClient, ContainerClient
 
 from localdev.host_blobs import SeenBlobs, event_grid_delivers
 from localdev.host_client import HostClient
-from shared.config import ConfigStore, Connection, ExportConfig
-from shared.storage import BlobStore
+from shared.platform.config import ConfigStore, Connection, ExportConfig
+from shared.platform.storage import BlobStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import new_list
 from tests.test_local_host import (

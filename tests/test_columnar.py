@@ -14,14 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import shared.plan as plan_module
-from shared import native
-from shared.columnar import ColumnarProfiles, ColumnarReader
-from shared.csvscan import records_span
-from shared.plan import PlanOptions, SyncState, plan_export
-from shared.profiles import ProfileMapper
-from shared.source import CsvFormat, load_cdm
-from shared.storage import LocalStore
+import shared.planning.plan as plan_module
+from shared.planning import native
+from shared.planning.columnar import ColumnarProfiles, ColumnarReader
+from shared.planning.plan import PlanOptions, SyncState, plan_export
+from shared.planning.profiles import ProfileMapper
+from shared.platform.storage import LocalStore
+from shared.reading.csvscan import records_span
+from shared.reading.formats import CsvFormat
+from shared.reading.source import load_cdm
 from tests.readers import write_cdm
 
 COLS = ["CustomerId", "Email", "FirstName"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from shared.config import (
+from shared.platform.config import (
     NAME_RULE,
     ConfigNotFoundError,
     ConfigStore,
@@ -18,8 +18,8 @@ from shared.config import (
     MirrorOptions,
     validation_errors,
 )
-from shared.errors import ConfigError
-from shared.storage import BlobStore, LocalStore
+from shared.platform.errors import ConfigError
+from shared.platform.storage import BlobStore, LocalStore
 
 ACCEPTED = {"accepted_by": "admin@example.com", "accepted_at": "2025-01-02T03:04:05+00:00"}
 

@@ -15,7 +15,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from localdev.host_client import HostClient
-from shared.storage import BlobStore
+from shared.platform.storage import BlobStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import new_list
 from tests.test_local_host import FUNCTION_KEY, export_body, host_settings, new_host, upload_export

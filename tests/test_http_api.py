@@ -16,7 +16,7 @@ import pytest
 from localdev.host import RouteTemplate, remove_dot_segments
 from localdev.host_client import HostClient
 from localdev.services import run_emulator
-from shared.storage import BlobStore
+from shared.platform.storage import BlobStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import list_emails, new_list
 from tests.test_local_host import (

@@ -434,7 +434,7 @@ def test_app_setting_defaults_match_the_app(parsed: dict) -> None:
         "DURABLE_TASK_HUB": "CiKlaviyoSync",
     }
     # The same defaults as the app's own settings model, where it has the setting.
-    from shared.settings import AppSettings
+    from shared.platform.settings import AppSettings
 
     app_defaults = {f.alias: f.default for f in AppSettings.model_fields.values() if f.alias}
     for setting, want in expected.items():

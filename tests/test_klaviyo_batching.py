@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.klaviyo import (
+from shared.planning.profiles import MAX_PROFILE_BYTES
+from shared.pushing.klaviyo import (
     ENVELOPE_RESERVE,
     MAX_REQUEST_BYTES,
     BatchBuilder,
@@ -75,7 +76,7 @@ def test_every_profile_lands_in_one_batch_or_the_rejects(case, list_id):
 def test_default_policy_is_klaviyos_limits():
     policy = FlushPolicy()
     assert policy.max_profiles == 10_000
-    assert policy.max_profile_bytes == 100_000
+    assert policy.max_profile_bytes == 100_000 == MAX_PROFILE_BYTES  # the plan rejects what the client would
     assert policy.max_body_bytes + ENVELOPE_RESERVE == MAX_REQUEST_BYTES == 5_000_000
 
 

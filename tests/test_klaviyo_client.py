@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from shared.klaviyo import (
+from shared.pushing.klaviyo import (
     REVISION,
     ImportBatch,
     KlaviyoAuthError,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from shared.klaviyo import (
+from shared.pushing.klaviyo import (
     FlushPolicy,
     ImportBatch,
     KlaviyoAuthError,

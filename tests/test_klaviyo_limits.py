@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.klaviyo import KLAVIYO_TIERS, KlaviyoClient, RateLimiter, RetryPolicy, Tier
+from shared.pushing.klaviyo import KLAVIYO_TIERS, KlaviyoClient, RateLimiter, RetryPolicy, Tier
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ import httpx
 from localdev.host_client import HostClient
 from localdev.sample import email_for, write_ci_export
 from localdev.services import run_emulator
-from shared.storage import BlobStore
+from shared.platform.storage import BlobStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import list_emails, new_list
 from tests.test_local_host import FUNCTION_KEY, export_body, host_settings, new_host

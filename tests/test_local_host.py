@@ -19,8 +19,8 @@ from localdev.host import LocalHost, app_setting_defaults, check_function_metada
 from localdev.host_client import HostClient, app_settings
 from localdev.sample import email_for, write_ci_export
 from localdev.services import Azurite, run_emulator
+from shared.platform.storage import BlobStore
 from shared.runs import instance_id
-from shared.storage import BlobStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import ROOT, list_emails, new_list
 
@@ -194,7 +194,7 @@ def test_settings_come_from_local_settings_json_under_the_environment(tmp_path, 
     with LocalHost(
         port=0, settings=explicit, settings_file=path, history_container=history, poll_interval=None
     ) as host:
-        from shared.settings import get_settings
+        from shared.platform.settings import get_settings
 
         applied = get_settings()
         assert (applied.csv_prefix, applied.push_wave_width) == ("drops/", 5)

@@ -1,4 +1,4 @@
-"""The C kernels (shared/native) against the references they must equal: the xxhash library, the csv module,
+"""The C kernels (shared/planning/native) against the references they must equal: the xxhash library, the csv module,
 the email pattern, str.strip, ProfileMapper.profile_json, and the Arrow path. Where a kernel declines (None),
 the Arrow or row path takes the block; these tests check it declines only where it must."""
 
@@ -19,15 +19,16 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import shared.plan as plan_module
-from shared import native
-from shared.columnar import ColumnarReader
-from shared.native import NativePlanReader, NativeProfiles, _Scanner
+import shared.planning.plan as plan_module
 from shared.pipeline import build_unit
-from shared.plan import PlanOptions, plan_export
-from shared.profiles import ProfileMapper, email_ok
-from shared.source import CsvFormat, load_cdm
-from shared.storage import LocalStore
+from shared.planning import native
+from shared.planning.columnar import ColumnarReader
+from shared.planning.native import NativePlanReader, NativeProfiles, _Scanner
+from shared.planning.plan import PlanOptions, plan_export
+from shared.planning.profiles import ProfileMapper, email_ok
+from shared.platform.storage import LocalStore
+from shared.reading.formats import CsvFormat
+from shared.reading.source import load_cdm
 from tests.readers import write_cdm
 from tests.test_columnar import EXAMPLE_ROWS, PUSH_COLS, PUSH_MAP, _csv_bytes, _row_path, push_case, push_rows
 
@@ -255,7 +256,7 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
     work = LocalStore(tmp_path / "work")
     monkeypatch.setattr(plan_module, "PLAN_BLOCK_BYTES", 4096)  # chunks of ~50 rows: units span several
     summary = plan_export(source, mapper, work, "run/", PlanOptions(chunk_rows=100, unit_profiles=250))
-    from shared.units import PlanReader
+    from shared.planning.units import PlanReader
 
     kernel, taken = NativeProfiles.build, []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from localdev.sample import email_for, write_ci_export
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
 from tests.pipeline_helpers import list_emails, new_list, run_cli
 from tests.readers import write_cdm
 

@@ -9,12 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import shared.plan as plan_module
-from shared.csvscan import iter_blocks
-from shared.errors import ConfigError, SourceError
-from shared.source import CsvFormat, Partition, load_cdm, load_csv, map_location, resolve_source_arg
-from shared.storage import BlobStore, LocalStore
-from shared.units import PlanReader
+import shared.planning.plan as plan_module
+from shared.planning.units import PlanReader
+from shared.platform.errors import ConfigError, SourceError
+from shared.platform.storage import BlobStore, LocalStore
+from shared.reading.csvscan import iter_blocks
+from shared.reading.formats import CsvFormat, Partition
+from shared.reading.source import load_cdm, load_csv, map_location, resolve_source_arg
 from tests.readers import plan_and_read, rejects, write_cdm
 
 COLS = ["CustomerId", "Email", "FirstName"]

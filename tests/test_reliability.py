@@ -15,7 +15,7 @@ import pytest
 
 from localdev.sample import email_for, write_ci_export
 from localdev.services import run_emulator
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import ROOT, list_emails, new_list, run_cli
 
@@ -185,7 +185,7 @@ def test_the_key_never_lands_in_history_workspace_reports_or_output(tmp_path):
 def _list_with_key(url: str, key: str) -> str:
     import asyncio
 
-    from shared.klaviyo.client import KlaviyoClient
+    from shared.pushing.klaviyo.client import KlaviyoClient
 
     async def go():
         async with KlaviyoClient(key, url) as client:

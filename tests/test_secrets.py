@@ -9,8 +9,8 @@ import traceback
 import pytest
 
 from localdev.keyvault_standin import DEFAULT_TENANT, KeyVaultStandin, serve
-from shared.errors import ConfigError
-from shared.secrets import (
+from shared.platform.errors import ConfigError
+from shared.platform.secrets import (
     EnvSecrets,
     KeyVaultSecrets,
     SecretError,
@@ -18,7 +18,7 @@ from shared.secrets import (
     secret_provider,
     validate_secret_name,
 )
-from shared.settings import AppSettings
+from shared.platform.settings import AppSettings
 from tests.fixtures.keyvault import StaticTokenCredential, release_client_connections
 
 CANARY = "pk_canary_7f3e9a1c5b2d4e6f8a0b1c2d3e4f5a6b"

@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from shared.storage import BlobStore, LocalStore
+from shared.platform.storage import BlobStore, LocalStore
 
 
 def test_copies_stream_between_a_folder_and_blob_storage(tmp_path, container):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from localdev.sample import email_for
-from shared.storage import LocalStore
+from shared.platform.storage import LocalStore
 from tests.pipeline_helpers import add_outsider, consent_by_email, list_emails, new_list, run_cli
 from tests.readers import write_cdm
 

@@ -1,4 +1,4 @@
-"""One run at a time per export, and the later export wins (shared/turns.py), on a local store and Azurite;
+"""One run at a time per export, and the later export wins (shared/pushing/turns.py), on a local store and Azurite;
 then two model.json writes in quick succession through the local host."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 
 from localdev.host_client import HostClient
 from localdev.services import run_emulator
-from shared.storage import BlobStore, LocalStore
-from shared.turns import LOCK_STALE_S, end_turn, take_turn
+from shared.platform.storage import BlobStore, LocalStore
+from shared.pushing.turns import LOCK_STALE_S, end_turn, take_turn
 from tests.fixtures.services import EMULATOR_KEY
 from tests.pipeline_helpers import new_list
 from tests.test_local_host import FUNCTION_KEY, export_body, host_settings, in_phase, new_host, upload_export

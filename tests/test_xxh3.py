@@ -11,7 +11,7 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.xxh3 import SHORT_MAX, xxh3_64_array
+from shared.reading.xxh3 import SHORT_MAX, xxh3_64_array
 
 
 def _reference(values) -> np.ndarray:

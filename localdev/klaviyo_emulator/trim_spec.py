@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = Path("/work/shared/klaviyo/openapi-stable-2026-07-15.json")
+DEFAULT_SOURCE = Path("/work/shared/pushing/klaviyo/openapi-stable-2026-07-15.json")
 DEFAULT_TARGET = HERE / "openapi-trimmed.json"
 
 # (path, method): every operation the emulator implements.

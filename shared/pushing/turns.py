@@ -13,8 +13,8 @@ import time
 
 import orjson
 
-from shared.errors import SourceError
-from shared.storage import ObjectStore
+from shared.platform.errors import SourceError
+from shared.platform.storage import ObjectStore
 
 LOCK_STALE_S = 6 * 3600
 

@@ -47,7 +47,7 @@ from .retry import RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, parse_retry_after
 
 __all__ = ["DEFAULT_BASE_URL", "JSONAPI", "REVISION", "ClientStats", "KlaviyoClient"]
 
-log = logging.getLogger("shared.klaviyo")
+log = logging.getLogger("shared.pushing.klaviyo")
 
 REVISION = "2026-07-15"
 DEFAULT_BASE_URL = "https://a.klaviyo.com"

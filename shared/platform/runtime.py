@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from shared.secrets import SecretProvider, get_secret_provider
-from shared.settings import AppSettings, get_settings
-from shared.storage import BlobStore, LocalStore, ObjectStore
+from shared.platform.secrets import SecretProvider, get_secret_provider
+from shared.platform.settings import AppSettings, get_settings
+from shared.platform.storage import BlobStore, LocalStore, ObjectStore
 
 
 def local_store(root: str) -> dict:

@@ -8,7 +8,7 @@ from html import escape
 
 import orjson
 
-from shared.storage import ObjectStore
+from shared.platform.storage import ObjectStore
 
 RUNS_SHOWN = 20
 

@@ -2,7 +2,7 @@
 and keyed and rows fingerprinted for the plan pass, profiles written as JSON for a push.
 
 `make setup` builds the library (`make native`: a C compiler, nothing else). Where it is not built, the
-app runs as before on the Arrow path (shared/columnar.py) and the row path: the same results, at about
+app runs as before on the Arrow path (shared/planning/columnar.py) and the row path: the same results, at about
 half the speed. The kernels take only what they are certain to read exactly as the csv module and
 ProfileMapper do, and return None for anything else, so those paths keep every edge case and reject reason.
 """
@@ -19,9 +19,9 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from shared import arrowtext
-from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper
-from shared.source import CsvFormat
+from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper
+from shared.reading import arrowtext
+from shared.reading.formats import CsvFormat
 
 LIBRARY = Path(__file__).with_name("libfastpath.so")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from shared.csvscan import iter_blocks
-from shared.errors import SourceError
-from shared.source import CsvFormat, Partition
-from shared.storage import ObjectStore
+from shared.platform.errors import SourceError
+from shared.platform.storage import ObjectStore
+from shared.reading.csvscan import iter_blocks
+from shared.reading.formats import CsvFormat, Partition
 
 
 def rows_of(chunks: list[list[int]], starts: np.ndarray, gids: np.ndarray) -> list[tuple[int, int]]:

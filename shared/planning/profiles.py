@@ -14,11 +14,11 @@ import orjson
 import xxhash
 from pydantic_core import PydanticCustomError
 
-from shared.config import check_target
-from shared.errors import ConfigError
-from shared.klaviyo.batching import FlushPolicy
+from shared.platform.config import check_target
+from shared.platform.errors import ConfigError
 
-MAX_PROFILE_BYTES = FlushPolicy().max_profile_bytes  # Klaviyo's 100 KB, as the client counts it
+# Klaviyo's 100 KB per profile, as the client counts it (FlushPolicy.max_profile_bytes, kept equal by a test)
+MAX_PROFILE_BYTES = 100_000
 
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
-from shared.errors import SourceError
+from shared.platform.errors import SourceError
 
 READ_CHUNK = 4 * 1024 * 1024
 

@@ -26,13 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import xxhash
 
-from shared.arrowtext import data as _data
-from shared.arrowtext import offsets as _offsets
-from shared.csvscan import records_span
-from shared.native import NativePlanReader, NativeProfiles
-from shared.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
-from shared.source import CsvFormat
-from shared.xxh3 import xxh3_64_array
+from shared.planning.native import NativePlanReader, NativeProfiles
+from shared.planning.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
+from shared.reading.arrowtext import data as _data
+from shared.reading.arrowtext import offsets as _offsets
+from shared.reading.csvscan import records_span
+from shared.reading.formats import CsvFormat
+from shared.reading.xxh3 import xxh3_64_array
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
@@ -111,7 +111,7 @@ class _ArrowCsv:
 
 class ColumnarReader:
     """The plan pass's reading of a block: email keys, fingerprints and emails, or None. The C kernels
-    (shared/native) read it when they can, Arrow when they cannot."""
+    (shared/planning/native) read it when they can, Arrow when they cannot."""
 
     def __init__(self, fmt: CsvFormat, mapper: ProfileMapper, native: bool = True):
         self.native = NativePlanReader(fmt, mapper) if native else None

@@ -15,32 +15,10 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from shared.errors import SourceError
-from shared.storage import BlobStore, LocalStore, ObjectStore, split_blob_url
-
-
-@dataclass(frozen=True)
-class CsvFormat:
-    header: bool = False
-    delimiter: str = ","
-    quoting: bool = True  # RFC 4180 quoting with '"' (CDM QuoteStyle.Csv); False for QuoteStyle.None
-    encoding: str = "utf-8"
-
-    @property
-    def utf8(self) -> bool:
-        return self.encoding.lower() in {"utf-8", "utf8", "utf_8"}
-
-
-@dataclass(frozen=True)
-class Partition:
-    name: str  # path inside the store
-    size: int
-    etag: str
-    fmt: CsvFormat
-
-    @property
-    def label(self) -> str:
-        return posixpath.basename(self.name)
+from shared.platform.errors import SourceError
+from shared.platform.storage import BlobStore, LocalStore, ObjectStore, split_blob_url
+from shared.reading.csvscan import read_header
+from shared.reading.formats import CsvFormat, Partition
 
 
 @dataclass
@@ -149,7 +127,6 @@ def load_cdm(store: ObjectStore, model_name: str, root_parts: list[str], entity:
 
 def load_csv(store: ObjectStore, name: str, delimiter: str = ",", encoding: str = "utf-8") -> ExportSource:
     """A plain CSV with a header row: the header names the columns."""
-    from shared.csvscan import read_header
 
     info = store.info(name)
     fmt = CsvFormat(header=True, delimiter=delimiter, quoting=True, encoding=encoding)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from shared import arrowtext
+from shared.reading import arrowtext
 
 # XXH3's default secret (xxhash.h: XXH3_kSecret).
 _SECRET = bytes.fromhex(

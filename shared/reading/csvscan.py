@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import SourceError
-from shared.source import CsvFormat, Partition
-from shared.storage import ObjectStore
+from shared.platform.errors import SourceError
+from shared.platform.storage import ObjectStore
+from shared.reading.formats import CsvFormat, Partition
 
 BLOCK_BYTES = 256 * 1024
 MAX_RECORD_BYTES = 1024 * 1024  # a profile over 100 KB is rejected anyway; past 1 MB the file is broken

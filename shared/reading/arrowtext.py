@@ -1,6 +1,6 @@
 """A string (or binary) Arrow array seen through numpy: each value's byte offsets, and the bytes, without a
-Python object per value. Its own module because shared.columnar tunes malloc when imported, and the hashes
-(shared.xxh3) and the C kernels (shared.native) must not depend on that."""
+Python object per value. Its own module because shared.planning.columnar tunes malloc when imported, and the hashes
+(shared.reading.xxh3) and the C kernels (shared.planning.native) must not depend on that."""
 
 from __future__ import annotations
 

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from azure.core.exceptions import AzureError
 from pydantic import SecretStr
 
-from shared.errors import ConfigError
+from shared.platform.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shared.settings import AppSettings
+    from shared.platform.settings import AppSettings
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,6 @@ def secret_provider(settings: AppSettings) -> SecretProvider:
 @lru_cache(maxsize=1)
 def get_secret_provider() -> SecretProvider:
     """The process-wide provider (one cache per worker process), from `get_settings()`."""
-    from shared.settings import get_settings
+    from shared.platform.settings import get_settings
 
     return secret_provider(get_settings())

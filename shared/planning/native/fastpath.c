@@ -1,6 +1,6 @@
 /* The fast path's inner loops in C: CSV records cut into fields, emails checked and keyed, rows
  * fingerprinted (the plan pass), and profiles written as JSON (a push). Loaded with ctypes by
- * shared/native/__init__.py; no Python API, so it builds with a plain C compiler.
+ * shared/planning/native/__init__.py; no Python API, so it builds with a plain C compiler.
  *
  * Every function takes only what it is certain to do exactly as the row-by-row path (the csv module,
  * ProfileMapper) does, and returns -1 for anything else: the caller then hands the block to the Arrow

@@ -24,14 +24,16 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from shared import arrowtext, native
-from shared.columnar import ColumnarReader, lines_of
-from shared.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
-from shared.errors import ExportError
-from shared.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
-from shared.source import ExportSource, Partition
-from shared.storage import ObjectStore
-from shared.units import rows_of
+from shared.planning import native
+from shared.planning.columnar import ColumnarReader, lines_of
+from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
+from shared.planning.units import rows_of
+from shared.platform.errors import ExportError
+from shared.platform.storage import ObjectStore
+from shared.reading import arrowtext
+from shared.reading.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
+from shared.reading.formats import Partition
+from shared.reading.source import ExportSource
 
 REJECTS_SAMPLE = 20
 PROFILE_SIZE_CHECK = MAX_PROFILE_BYTES // 2  # rows whose fields add up to less cannot make a 100 KB profile

@@ -43,9 +43,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.errors import ConfigError, SourceError
-from shared.secrets import validate_secret_name
-from shared.storage import ObjectStore
+from shared.platform.errors import ConfigError, SourceError
+from shared.platform.secrets import validate_secret_name
+from shared.platform.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
