@@ -41,6 +41,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances of the durable group (orchestrators and activities): 0 scales to zero and bills nothing idle; each one is billed for its memory around the clock (docs/OPERATIONS.md).')
+@minValue(0)
+@maxValue(20)
+param durableAlwaysReadyInstances int = 0
+
 @description('true: create a new segments storage account. false: use the existing account named segmentsStorageAccountName that Customer Insights already writes to.')
 param createSegmentsStorage bool = true
 
@@ -215,6 +220,7 @@ module functionApp 'modules/functionapp.bicep' = {
     tags: allTags
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    durableAlwaysReadyInstances: durableAlwaysReadyInstances
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     storageAccountName: appStorage.outputs.name

@@ -41,5 +41,7 @@ param klaviyoBaseUrl = 'https://a.klaviyo.com'
 param secretCacheTtlSeconds = 300
 param maximumInstanceCount = 40
 param instanceMemoryMB = 2048
+// Warm instances for the durable group; each is billed around the clock (docs/OPERATIONS.md).
+param durableAlwaysReadyInstances = int(readEnvironmentVariable('CIKS_DURABLE_ALWAYS_READY', '0'))
 param appStorageSkuName = 'Standard_GRS'
 param logRetentionInDays = 30
