@@ -105,6 +105,16 @@ param klaviyoBaseUrl string = 'https://a.klaviyo.com'
 @maxValue(3600)
 param secretCacheTtlSeconds int = 300
 
+@description('Days that run reports, rejects files and the durable history of finished runs are kept (RUN_RETENTION_DAYS).')
+@minValue(1)
+@maxValue(3650)
+param runRetentionDays int = 90
+
+@description('Days after which whatever a run left in its workspace is deleted (a finished run deletes its own at once).')
+@minValue(1)
+@maxValue(30)
+param workspaceRetentionDays int = 3
+
 @description('Days that logs are kept in Log Analytics.')
 @minValue(30)
 @maxValue(730)
@@ -166,6 +176,8 @@ module appStorage 'modules/app-storage.bicep' = {
     reportsContainerName: reportsContainerName
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
+    workspaceRetentionDays: workspaceRetentionDays
+    runRetentionDays: runRetentionDays
     appPrincipalId: identity.outputs.principalId
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
   }
@@ -236,6 +248,7 @@ module functionApp 'modules/functionapp.bicep' = {
     pushWaveWidth: pushWaveWidth
     klaviyoBaseUrl: klaviyoBaseUrl
     secretCacheTtlSeconds: secretCacheTtlSeconds
+    runRetentionDays: runRetentionDays
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     keyVaultUri: keyVault.outputs.uri
   }

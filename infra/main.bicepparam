@@ -45,3 +45,6 @@ param instanceMemoryMB = 2048
 param durableAlwaysReadyInstances = int(readEnvironmentVariable('CIKS_DURABLE_ALWAYS_READY', '0'))
 param appStorageSkuName = 'Standard_GRS'
 param logRetentionInDays = 30
+// Reports, rejects files and finished runs' durable history; leftover workspaces (docs/OPERATIONS.md).
+param runRetentionDays = 90
+param workspaceRetentionDays = 3

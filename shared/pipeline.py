@@ -400,6 +400,15 @@ def finish(run: dict, outcome: dict) -> dict:
     return body
 
 
+def clean_up(run: dict) -> dict:
+    """Delete the run's workspace (plan, emails, push records) once `finish` has returned: nothing reads it
+    after that, and it holds every email of the segment (~60 MB per million rows). Until then it stays,
+    as a resumed or retried step needs it. Safe to repeat; the Blob lifecycle rule removes what a failed
+    clean-up leaves."""
+    workspace, prefix = _workspace(run)
+    return {"deleted": workspace.delete_prefix(prefix)}
+
+
 async def _collect_failures(
     run: dict, workspace: ObjectStore, prefix: str, pushes: list[dict], jobs: dict
 ) -> tuple[list[dict], set[int]]:

@@ -72,6 +72,7 @@ APP_SETTINGS = {
     "DURABLE_TASK_HUB",
     "PUSH_WAVE_WIDTH",
     "KLAVIYO_BASE_URL",
+    "RUN_RETENTION_DAYS",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
@@ -508,6 +509,37 @@ def test_storage_accounts_are_hardened(parsed: dict) -> None:
     assert seg["properties"]["allowSharedKeyAccess"] == "allowSharedKeyAccess"
     assert default(segments, "allowSharedKeyAccess") is False
     assert default(tree(parsed, "main.bicep"), "segmentsAllowSharedKeyAccess") is False
+
+
+def test_lifecycle_rules_delete_leftover_workspaces_and_old_reports_only(parsed: dict) -> None:
+    """Workspaces (runs/<export>/<run id>/ in the workspace container) a few days after their last write
+    whatever became of the run; reports and rejects files (runs/... in the reports container) after the
+    retention, 90 days by default. The sync state (state/) and turns (locks/) are never matched."""
+    t = tree(parsed, "modules/app-storage.bicep")
+    _, policy = only(t, "Microsoft.Storage/storageAccounts/managementPolicies")
+    assert policy["name"] == "default" and render(policy["parent"]) == "account"
+    rules = {rule["name"]: rule for rule in policy["properties"]["policy"]["rules"]}
+    assert set(rules) == {"delete-run-workspaces", "delete-old-run-reports"}
+    expected = {
+        "delete-run-workspaces": ("${workspaceContainerName}/runs/", "workspaceRetentionDays"),
+        "delete-old-run-reports": ("${reportsContainerName}/runs/", "runRetentionDays"),
+    }
+    for name, (prefix, days) in expected.items():
+        rule = rules[name]
+        assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+        assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": [prefix]}
+        assert rule["definition"]["actions"] == {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": days}}}
+    assert default(t, "workspaceRetentionDays") == 3
+    assert default(t, "runRetentionDays") == 90
+    main = tree(parsed, "main.bicep")
+    assert (default(main, "workspaceRetentionDays"), default(main, "runRetentionDays")) == (3, 90)
+    args = body(module_call(main, "modules/app-storage.bicep"))[0]["params"]
+    assert (args["workspaceRetentionDays"], args["runRetentionDays"]) == ("workspaceRetentionDays", "runRetentionDays")
+    # The same retention reaches the app, whose purge timer removes finished runs' durable history.
+    app_args = body(module_call(main, "modules/functionapp.bicep"))[0]["params"]
+    assert app_args["runRetentionDays"] == "runRetentionDays"
+    retention = app_settings(parsed)["RUN_RETENTION_DAYS"]["function"]
+    assert retention == {"type": "string", "parameters": {"value_to_convert": "runRetentionDays"}}
 
 
 def test_blob_soft_delete_is_off_on_the_export_account_with_the_reason(parsed: dict) -> None:

@@ -89,6 +89,9 @@ param klaviyoBaseUrl string
 @description('Seconds a Klaviyo key read from Key Vault is cached (a rotated key is used within this time).')
 param secretCacheTtlSeconds int
 
+@description('Days the durable history of finished runs is kept before the purge timer removes it.')
+param runRetentionDays int
+
 // The durable group serves every orchestrator and activity; none is kept warm unless asked for.
 var durableAlwaysReady = (durableAlwaysReadyInstances > 0) ? [
   {
@@ -250,6 +253,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'KLAVIYO_BASE_URL'
           value: klaviyoBaseUrl
+        }
+        {
+          name: 'RUN_RETENTION_DAYS'
+          value: string(runRetentionDays)
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
