@@ -95,3 +95,10 @@ async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
 async def run_history(req: func.HttpRequest) -> func.HttpResponse:
     """An HTML page of recent runs per export (function key, like every route here)."""
     return func.HttpResponse(await _api().history_page(), mimetype="text/html", charset="utf-8")
+
+
+@bp.route(route="erasure", methods=["POST"])
+async def erasure(req: func.HttpRequest) -> func.HttpResponse:
+    """Erase people's emails from every export's sync state (administrators only)."""
+    api = _api()
+    return await _guarded(api, lambda: api.erase(req.get_body(), principal_roles(req.headers.get(PRINCIPAL))))

@@ -1,4 +1,5 @@
-"""Command line: `python -m localdev export ...` (one run), `host` (local Functions host), `demo`."""
+"""Command line: `python -m localdev export ...` (one run), `erase` (personal data), `host` (local Functions
+host), `demo`."""
 
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder")
     sample.add_argument("--rows", type=int, default=100_000)
     sample.add_argument("--partitions", type=int, default=4)
+
+    erase = sub.add_parser("erase", help="erase people's emails from every export's sync state")
+    erase.add_argument("emails", nargs="+", metavar="EMAIL")
+    erase.add_argument(
+        "--state",
+        default=".localdev/state",
+        help="the sync state: a folder (as export's --state) or the app's workspace container URL "
+        "(https://ACCOUNT.blob.core.windows.net/run-workspace)",
+    )
 
     host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
     host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
@@ -123,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions)
             print(Path(args.folder) / name)
             return 0
+        if args.command == "erase":
+            from localdev.erase import erase
+
+            return erase(args.emails, args.state)
         if args.command == "host":
             from localdev.host import serve
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import ValidationError
 
+from shared.finishing.erasure import erase_emails
 from shared.finishing.history import RUNS_SHOWN, recent_reports, render_page
 from shared.platform.config import (
     ConfigNotFoundError,
@@ -228,6 +229,21 @@ class Api:
 
     async def get_connection(self, name: str) -> Reply:
         return 200, self.configs.get_connection(name).model_dump(mode="json")
+
+    # --- personal data ---
+
+    async def erase(self, body: bytes, roles: set[str] | None) -> Reply:
+        """{"email": ...} or {"emails": [...]}: out of every export's sync state; says what it changed."""
+        if roles is not None and "admin" not in roles:
+            raise _HttpError(403, "only administrators may erase personal data")
+        data = parse_json(body)
+        emails = data.get("emails", [data["email"]] if "email" in data else [])
+        if not isinstance(emails, list):
+            raise _HttpError(
+                400, "'emails' must be a list of email addresses", [{"field": "emails", "message": "invalid"}]
+            )
+        workspace = open_store(blob_store("app", self.settings.workspace_container), self.settings)
+        return 200, await asyncio.to_thread(erase_emails, workspace, emails)
 
 
 def _iso(value) -> str | None:
