@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from shared.planning.plan import KEYS_DTYPE
+from shared.finishing import statefiles
 from shared.planning.profiles import email_key, email_ok
 from shared.platform.errors import ExportError
 from shared.platform.storage import ObjectStore
@@ -40,8 +40,9 @@ def normalise(emails: list[str]) -> list[str]:
 
 
 def erase_emails(store: ObjectStore, emails: list[str]) -> dict:
-    """Remove the emails from every sync state in `store`. Returns what was checked and, per state that
-    held any of them, its connection, list, how many were removed and how many profiles are left."""
+    """Remove the emails from every sync state in `store` (streamed: flat memory whatever the state's size).
+    Returns what was checked and, per state that held any of them, its connection, list, how many were
+    removed and how many profiles are left. An email is found by its key, as runs match them."""
     wanted = normalise(emails)
     by_key = {email_key(e): e for e in wanted}
     wanted_keys = np.fromiter(by_key, np.uint64, len(by_key))
@@ -52,14 +53,15 @@ def erase_emails(store: ObjectStore, emails: list[str]) -> dict:
             continue
         prefix = meta_name.removesuffix("meta.json")
         checked += 1
-        removed = _erase_from_state(store, prefix, wanted_keys, by_key)
-        if removed:
-            found.update(removed)
-            connection, _, list_id = prefix.removeprefix(STATE_PREFIX).rstrip("/").partition("/")
-            left = orjson.loads(store.read_bytes(meta_name))["profiles"]
-            changed.append(
-                {"connection": connection, "list_id": list_id, "removed": len(removed), "profiles_left": left}
-            )
+        rows, keys = statefiles.rows_with_keys(store, f"{prefix}keys.bin", wanted_keys)
+        if not len(rows):
+            continue
+        meta = orjson.loads(store.read_bytes(meta_name))
+        left = statefiles.copy_without(store, prefix, store, prefix, rows)
+        store.write_bytes(meta_name, orjson.dumps({**meta, "profiles": left}))  # last, as a run commits
+        found.update(by_key[int(k)] for k in keys)
+        connection, _, list_id = prefix.removeprefix(STATE_PREFIX).rstrip("/").partition("/")
+        changed.append({"connection": connection, "list_id": list_id, "removed": len(rows), "profiles_left": left})
     return {
         "emails": len(wanted),
         "emails_found": len(found),
@@ -67,27 +69,3 @@ def erase_emails(store: ObjectStore, emails: list[str]) -> dict:
         "states_changed": changed,
         "found": sorted(found),
     }
-
-
-def _erase_from_state(store: ObjectStore, prefix: str, wanted_keys: np.ndarray, by_key: dict[int, str]) -> list[str]:
-    """Take the wanted emails out of one state; the emails it held (none: nothing is written)."""
-    keys = np.frombuffer(store.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
-    hits = np.flatnonzero(np.isin(keys["e"], wanted_keys))
-    if not len(hits):
-        return []
-    lines = store.read_bytes(f"{prefix}emails.txt").split(b"\n")[:-1]
-    if len(lines) != len(keys):
-        raise ExportError(f"the sync state {prefix} is inconsistent: {len(keys)} keys, {len(lines)} emails")
-    # A key is 64 bits of a hash: the email itself must match too before anything goes.
-    drop = [int(i) for i in hits if lines[i].decode() == by_key[int(keys["e"][i])]]
-    if not drop:
-        return []
-    keep = np.ones(len(keys), bool)
-    keep[drop] = False
-    removed = [lines[i].decode() for i in drop]
-    meta = orjson.loads(store.read_bytes(f"{prefix}meta.json"))
-    # Data first, then meta.json (as a run commits): the emails, then their keys in the same order.
-    store.write_bytes(f"{prefix}emails.txt", b"".join(line + b"\n" for line, k in zip(lines, keep, strict=True) if k))
-    store.write_bytes(f"{prefix}keys.bin", keys[keep].tobytes())
-    store.write_bytes(f"{prefix}meta.json", orjson.dumps({**meta, "profiles": int(keep.sum())}))
-    return removed
