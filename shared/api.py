@@ -161,7 +161,7 @@ class Api:
         segments = open_store(blob_store("segments", cfg.source.container), self.settings)
         path = latest_source(segments, cfg)
         iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", segments.info(path).etag, datetime.now(UTC))
-        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full)
+        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full, trigger="http")
         await client.start_new("export_orchestrator", iid, run)
         return 202, {"id": iid}
 

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
+from shared.finishing.notify import notify_run
 from shared.finishing.report import JobSummary, RunReport
+from shared.finishing.telemetry import emit_run_finished
 from shared.planning.columnar import ColumnarProfiles
 from shared.planning.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
 from shared.planning.profiles import ProfileMapper, email_key
@@ -343,6 +345,7 @@ def finish(run: dict, outcome: dict) -> dict:
         status="failed" if outcome.get("error") else ("superseded" if superseded_by else "succeeded"),
         dry_run=bool(run.get("dry_run")),
         mode=run.get("mode", "upsert"),
+        trigger=run.get("trigger"),
         mass_removal_override=bool((run.get("mirror") or {}).get("allow_mass_removal")),
         list_id=run.get("list_id"),
         source=planned.get("source"),
@@ -397,6 +400,18 @@ def finish(run: dict, outcome: dict) -> dict:
         report.duration_s = round(time.monotonic() - started, 3)
     body = report.model_dump(mode="json")
     reports.write_bytes(report_name, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    # After the report is written: the webhook (whose outcome is recorded in the report, never its status)
+    # and the run's telemetry record.
+    located = {
+        **body,
+        "report_location": reports.describe(report_name),
+        "rejects_location": reports.describe(rejects_name),
+    }
+    notification = notify_run(run.get("notify"), located)
+    if notification is not None:
+        body["notification"] = notification
+        reports.write_bytes(report_name, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    emit_run_finished(body)
     return body
 
 

@@ -24,6 +24,7 @@ class RunReport(BaseModel):
     status: RunStatus
     dry_run: bool = False
     mode: str = "upsert"
+    trigger: str | None = None  # "blob" (an export landed), "http" (run now), "cli"
     list_id: str | None = None
     source: str | None = None
     entity: str | None = None
@@ -47,6 +48,8 @@ class RunReport(BaseModel):
     ended_at: datetime | None = None
     duration_s: float | None = None
     error: str | None = None
+    # The webhook delivery, when the export's `notify` matched: url (redacted), delivered, attempts, error.
+    notification: dict | None = None
 
     def check_counts(self) -> bool:
         """rows_read = rows_rejected + duplicate_rows + unique profiles (sent or unchanged)."""
