@@ -62,7 +62,11 @@ def test_history_page_shows_runs_counts_failures_and_a_chart(azurite, emulator_u
         reports.write_bytes(
             "runs/weekly/old-1.json",
             synthetic_report(
-                "weekly", "old-1", "2026-11-01T06:00:00Z", status="failed", error="Klaviyo refused the key (401)"
+                "weekly",
+                "old-1",
+                "2026-11-01T06:00:00Z",
+                status="failed",
+                error="Klaviyo refused the key (401) " + "while checking list XyZ123 on the account " * 12,
             ),
         )
         reports.write_bytes("runs/weekly/old-2.json", synthetic_report(
@@ -77,14 +81,25 @@ def test_history_page_shows_runs_counts_failures_and_a_chart(azurite, emulator_u
         browser.save_screenshot(str(ARTIFACTS / "run-history.png"))
 
         section = browser.find_element(By.ID, "export-weekly")
-        rows = section.find_elements(By.CSS_SELECTOR, "tbody tr.run")
+        rows = section.find_elements(By.CSS_SELECTOR, "tbody.run")
         assert [r.find_element(By.CLASS_NAME, "status").text for r in rows] == [
             "succeeded",
             "partially_succeeded",
             "failed",
         ]
-        newest = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
-        assert newest[2:4] == ["1,500", "1,500"]  # rows read, profiles sent
+        headers = [th.text for th in section.find_elements(By.CSS_SELECTOR, "thead th")]
+        cells = dict(
+            zip(headers, [c.text for c in rows[0].find_elements(By.CSS_SELECTOR, "tr:first-child td")], strict=True)
+        )
+        assert (cells["rows"], cells["sent"], cells["imported"], cells["duplicates"]) == (
+            "1,500",
+            "1,500",
+            "1,500",
+            "0",
+        )
+        assert (cells["mode"], cells["trigger"], cells["source"]) == ("upsert", "http", "model.json")
+        assert (cells["subscribed / not consented"], cells["warnings"]) == ("0 / 0", "0")
+        assert cells["started (UTC)"].endswith(" UTC")  # times say their zone
         assert "Seg_1.csv row 7: invalid email address" in rows[1].text
         assert "Klaviyo refused the key (401)" in rows[2].text
         chart = section.find_element(By.CSS_SELECTOR, "svg.chart")
@@ -92,3 +107,12 @@ def test_history_page_shows_runs_counts_failures_and_a_chart(azurite, emulator_u
         assert len(chart.find_elements(By.CSS_SELECTOR, "rect.sent")) == 3
         heights = [float(r.get_attribute("height")) for r in chart.find_elements(By.CSS_SELECTOR, "rect.removed")]
         assert heights[1] > 0 and heights[0] == heights[2] == 0  # oldest first: only old-2 removed anyone
+        failed = [float(r.get_attribute("height")) for r in chart.find_elements(By.CSS_SELECTOR, "rect.failed")]
+        assert failed[1] > 0 and failed[0] == failed[2] == 0
+        dates = [t.text for t in chart.find_elements(By.CSS_SELECTOR, "text.date")]
+        assert dates[:2] == ["11-01", "11-02"] and len(dates) == 3  # the axis has each run's day
+        # A long error wraps inside its cell instead of being cut or widening the table past the window.
+        page = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        scroll_width, window_width = browser.execute_script(page)
+        assert scroll_width <= window_width
+        assert section.find_element(By.TAG_NAME, "button").text == "Run now"  # the function key may run it
