@@ -193,6 +193,9 @@ COUNT_COLUMNS = (
 )  # fmt: skip
 
 
+NO_RUNS = f"<tbody><tr><td class=text colspan={len(COLUMNS)}>no runs yet</td></tr></tbody>"
+
+
 def _run_rows(runs: list[dict], key_query: str) -> str:
     rows = []
     for r in runs:
@@ -273,7 +276,7 @@ def render_page(
         parts.append(
             f'<section class="export" id="export-{escape(export)}"><h2>{escape(export)}{buttons}</h2>'
             f"{_chart(runs)}<table><thead><tr>{header}</tr></thead>"
-            f"{_run_rows(runs, key_query) or f'<tbody><tr><td colspan={len(COLUMNS)}>no runs yet</td></tr></tbody>'}"
+            f"{_run_rows(runs, key_query) or NO_RUNS}"
             "</table></section>"
         )
     if not history:
