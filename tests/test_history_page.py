@@ -83,7 +83,8 @@ def test_history_page_shows_runs_counts_failures_and_a_chart(azurite, emulator_u
         reports.write_bytes("runs/weekly/old-2.json", synthetic_report(
             "weekly", "old-2", "2026-11-02T06:00:00Z", status="partially_succeeded", rows_read=10,
             profiles_submitted=9, profiles_removed=4, rows_rejected=1, profiles_failed=1,
-            rejects_sample=[{"partition": "Seg_1.csv", "row": 7, "reason": "invalid email address"}]))  # fmt: skip
+            rejects_sample=[{"partition": "Seg_1.csv", "row": 7, "reason": "invalid email address"}],
+            warnings=3, warning_kinds={"phone number is not E.164; left out of the profile": 3}))  # fmt: skip
 
         without_key = api.http.get(f"{host.base_url}/api/history", headers={"x-functions-key": ""})
         assert without_key.status_code == 401
@@ -112,6 +113,7 @@ def test_history_page_shows_runs_counts_failures_and_a_chart(azurite, emulator_u
         assert (cells["subscribed / not consented"], cells["warnings"]) == ("0 / 0", "0")
         assert cells["started (UTC)"].endswith(" UTC")  # times say their zone
         assert "Seg_1.csv row 7: invalid email address" in rows[1].text
+        assert "warnings: phone number is not E.164; left out of the profile: 3" in rows[1].text
         assert "Klaviyo refused the key (401)" in rows[2].text
         chart = section.find_element(By.CSS_SELECTOR, "svg.chart")
         assert chart.is_displayed()

@@ -29,7 +29,7 @@ STYLE = (
     "margin:.5rem 0 2rem;font-size:.8rem}td,th{border-bottom:1px solid #ddd;padding:.25rem .35rem;text-align:right;"
     "vertical-align:top}td.text,th.text{text-align:left}td.when{white-space:nowrap}"
     "td.detail{text-align:left;white-space:normal;overflow-wrap:anywhere;color:#444;border-bottom:1px solid #ddd}"
-    "tbody.run tr:first-child td{border-bottom:none}p.error{margin:0 0 .2rem}"
+    "tbody.run tr:first-child td{border-bottom:none}p.error,p.warnings{margin:0 0 .2rem}"
     ".failed .status{color:#b00}.partially_succeeded .status{color:#b60}.succeeded .status{color:#070}"
     "ul{margin:0;padding-left:1rem}.legend span{display:inline-block;width:.8rem;height:.8rem;"
     "margin:0 .3rem 0 1rem}form.actions{display:inline;margin-left:1rem}form.actions button{margin-right:.4rem}"
@@ -175,10 +175,13 @@ def _detail_row(r: dict) -> str:
         f"<li>{escape(str(x.get('partition')))} row {_num(x.get('row'))}: {escape(str(x.get('reason')))}</li>"
         for x in (r.get("rejects_sample") or [])[:3] + (r.get("failures_sample") or [])[:3]
     )
-    if not rejects and not r.get("error"):
+    kinds = r.get("warning_kinds") or {}
+    if not rejects and not r.get("error") and not kinds:
         return ""
     error = f'<p class="error">{escape(r["error"])}</p>' if r.get("error") else ""
-    return f'<tr class="detail"><td colspan={len(COLUMNS)} class="detail">{error}<ul>{rejects}</ul></td></tr>'
+    warned = "; ".join(f"{what}: {n:,}" for what, n in sorted(kinds.items()))
+    warned = f'<p class="warnings">warnings: {escape(warned)}</p>' if warned else ""
+    return f'<tr class="detail"><td colspan={len(COLUMNS)} class="detail">{error}{warned}<ul>{rejects}</ul></td></tr>'
 
 
 COLUMNS = (
@@ -290,11 +293,13 @@ FIELDS = (
     "export", "run_id", "status", "error", "dry_run", "mode", "trigger", "list_id", "source", "entity", "started_at",
     "ended_at", "duration_s", "rows_read", "rows_rejected", "duplicate_rows", "profiles_submitted",
     "profiles_unchanged", "profiles_imported", "profiles_failed", "profiles_removed", "profiles_subscribed",
-    "profiles_not_consented", "mass_removal_override", "warnings", "rejects_file",
+    "profiles_not_consented", "mass_removal_override", "warnings", "warning_kinds", "rejects_file",
 )  # fmt: skip
 
 
 def _field(name: str, value) -> str:
+    if name == "warning_kinds":
+        return "; ".join(f"{escape(str(what))}: {n:,}" for what, n in sorted((value or {}).items()))
     if name in ("started_at", "ended_at"):
         return _when(value)
     if name == "duration_s" and value is not None:

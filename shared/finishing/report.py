@@ -40,6 +40,7 @@ class RunReport(BaseModel):
     profiles_not_consented: int = 0
     mass_removal_override: bool = False
     warnings: int = 0
+    warning_kinds: dict[str, int] = Field(default_factory=dict)  # the warnings by what they say
     jobs: list[JobSummary] = Field(default_factory=list)
     rejects_sample: list[dict] = Field(default_factory=list)
     failures_sample: list[dict] = Field(default_factory=list)
