@@ -71,6 +71,11 @@ DIRECTIONS = {"in", "out", "inout"}
 _FUNCTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
 _BINDING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\$return")
 _SETTING_REF = re.compile(r"%([^%]+)%")
+# Azure's own 401 has no body; here the answer says what is missing (the key is printed when the host starts).
+UNAUTHORIZED = (
+    "this route needs a function key: add ?code=KEY or the header x-functions-key: KEY "
+    "(the local host prints its key when it starts; LOCAL_FUNCTION_KEY sets it)"
+)
 
 
 class HostError(RuntimeError):
@@ -654,7 +659,9 @@ class LocalHost:
         try:
             self.base_url = self._stack.enter_context(serve_in_thread(self._asgi_app(), self.bind, self.port))
         except OSError as exc:
-            raise HostError(f"cannot listen on {self.bind}:{self.port}: {exc.strerror or exc}") from None
+            raise HostError(
+                f"cannot listen on {self.bind}:{self.port}: {exc.strerror or exc} (--port 0 picks a free port)"
+            ) from None
 
         from localdev.durable import client_binding_json
 
@@ -862,7 +869,7 @@ class LocalHost:
 
     async def _http(self, request: Any) -> Any:
         import azure.functions as func
-        from starlette.responses import Response
+        from starlette.responses import JSONResponse, Response
 
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
         path = remove_dot_segments(raw.decode("latin-1"))
@@ -875,7 +882,7 @@ class LocalHost:
         info, route_params = found
         auth = str((info.trigger or {}).get("authLevel", "function")).lower()
         if auth != "anonymous" and not self._authorized(request):
-            return Response(status_code=401)
+            return JSONResponse({"error": UNAUTHORIZED}, status_code=401)
         body = await _read_body(request, MAX_REQUEST_BYTES)
         if body is None:
             return Response(status_code=413)
@@ -940,7 +947,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def banner(host: LocalHost) -> str:
+def banner(host: LocalHost, notes: Iterable[str] = ()) -> str:
     lines = ["", "Functions:", ""]
     for template, methods, info in sorted(host._routes, key=lambda r: r[2].name):
         shown = ",".join(sorted(m for m in methods if m != "HEAD"))
@@ -952,10 +959,13 @@ def banner(host: LocalHost) -> str:
     others = [f for f in host.functions.values() if f.trigger_type not in ("httpTrigger", "blobTrigger")]
     for f in sorted(others, key=lambda f: (str(f.trigger_type), f.name)):
         lines.append(f"    {f.name}: {f.trigger_type}")
+    prefix = f"/{host.route_prefix}" if host.route_prefix else ""
     lines += [
         "",
+        f"Local host: {host.base_url} (the API under {prefix}/, the run history page at {prefix}/history)",
         f"Function key: {host.function_key}  (?code=KEY or header x-functions-key)",
         f"Durable task hub '{host.task_hub}': {host.base_url}/runtime/webhooks/durabletask/instances",
+        *notes,
     ]
     if host.resumed:
         lines.append(f"Resumed {len(host.resumed)} unfinished run(s): {', '.join(host.resumed)}")
@@ -963,28 +973,45 @@ def banner(host: LocalHost) -> str:
     return "\n".join(lines)
 
 
-def serve(port: int = DEFAULT_PORT, poll_interval: float = 1.0, settings_file: str | None = None) -> int:
-    """``python -m localdev host``: serve until Ctrl+C (or SIGTERM)."""
+def serve(
+    port: int = DEFAULT_PORT,
+    poll_interval: float = 1.0,
+    settings_file: str | None = None,
+    storage: str | None = None,
+    azurite_dir: str | None = None,
+) -> int:
+    """``python -m localdev host``: serve until Ctrl+C (or SIGTERM). Settings come from ``settings_file`` (default:
+    ``local.settings.json`` in the current folder, as with Core Tools, if there is one) under the environment;
+    storage and Klaviyo the settings do not name are started here (:mod:`localdev.host_services`)."""
     import signal
 
+    from localdev.host_services import DEFAULT_AZURITE_DIR, start_local_services
+
     configure_logging()
-    if settings_file and not Path(settings_file).is_file():
+    path = Path(settings_file or "local.settings.json")
+    if settings_file and not path.is_file():
         print(f"error: no such settings file: {settings_file}", file=sys.stderr)
         return 2
-    host = LocalHost(port=port, poll_interval=poll_interval, settings_file=settings_file or LOCAL_SETTINGS)
-    try:
-        host.start()
-    except HostError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    stopped = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        print(banner(host), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            stopped.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        print("stopping the local host...", file=sys.stderr)
-        host.stop()
+    with ExitStack() as stack:
+        try:
+            values = {**load_local_settings(path), **os.environ}  # the environment wins, as in LocalHost
+            services = start_local_services(stack, values, storage, Path(azurite_dir or DEFAULT_AZURITE_DIR))
+            host = LocalHost(port=port, poll_interval=poll_interval, settings=services.settings, settings_file=path)
+            host.start()
+        except HostError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        stack.callback(host.stop)  # before the services it runs on stop
+        shown = f"Settings: {path.resolve()}" if path.is_file() else "Settings: none (no local.settings.json here)"
+        stopped = threading.Event()
+        # SIGTERM, and SIGHUP when the terminal closes: stop what was started here, Azurite and the emulator too.
+        previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            print(banner(host, [shown, *services.notes]), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                stopped.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            print("stopping the local host...", file=sys.stderr)
     return 0

@@ -5,9 +5,14 @@ a host stopped mid-run and started again, and the demo."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import uuid
+from contextlib import ExitStack
 
 import azure.functions as func
 import httpx
@@ -15,8 +20,9 @@ import orjson
 import pytest
 
 import function_app
-from localdev.host import LocalHost, app_setting_defaults, check_function_metadata
+from localdev.host import HostError, LocalHost, app_setting_defaults, check_function_metadata
 from localdev.host_client import HostClient, app_settings
+from localdev.host_services import start_local_services
 from localdev.sample import email_for, write_ci_export
 from localdev.services import Azurite, run_emulator
 from shared.platform.storage import BlobStore
@@ -163,7 +169,9 @@ def test_broken_function_metadata_is_reported():
 def test_api_routes_need_the_function_key(azurite, emulator_url):
     with new_host(host_settings(azurite, emulator_url), poll_interval=None) as host:
         url = host.url("/api/exports")
-        assert httpx.get(url).status_code == 401
+        refused = httpx.get(url)
+        assert refused.status_code == 401
+        assert refused.json()["error"].startswith("this route needs a function key: add ?code=KEY or the header")
         assert httpx.get(url, params={"code": "not-the-key"}).status_code == 401
         assert httpx.get(url, headers={"x-functions-key": "not-the-key"}).status_code == 401
         assert httpx.get(url, params={"code": FUNCTION_KEY}).status_code == 200
@@ -281,3 +289,129 @@ def test_the_demo_runs_an_export_end_to_end():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "list members      3,000 (read back from the emulator" in proc.stdout
     assert '"status": "succeeded"' in proc.stdout
+
+
+# -- `python -m localdev host` on its own ----------------------------------------------------------------------
+
+HOST_ENV_SETTINGS = (
+    "AzureWebJobsStorage",
+    "SEGMENTS_STORAGE",
+    "KLAVIYO_BASE_URL",
+    "KLAVIYO_API_KEY",
+    "KEY_VAULT_URL",
+    "LOCALDEV_STORAGE",
+    "LOCAL_FUNCTION_KEY",
+)
+
+
+class HostProcess:
+    """``python -m localdev host`` in a child process (in ``cwd``, where it looks for local.settings.json), with
+    the lines it prints at start parsed; stopped with SIGTERM, as a service manager would."""
+
+    def __init__(self, cwd, *args: str):
+        env = {k: v for k, v in os.environ.items() if k not in HOST_ENV_SETTINGS}
+        env["PYTHONPATH"] = str(ROOT)
+        self.stderr = open(cwd / "host.stderr", "w+b")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localdev", "host", "--port", "0", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        self.lines: list[str] = []
+        for line in self.proc.stdout:  # the banner ends with this line; EOF if the host failed to start
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("Press Ctrl+C to stop."):
+                break
+        else:
+            self.stop()
+            raise AssertionError("the host did not start: " + self.stderr_text())
+
+    def line(self, prefix: str) -> str:
+        return next(line for line in self.lines if line.startswith(prefix))
+
+    def stderr_text(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        self.proc.stdout.close()
+        self.stderr.close()
+        return code
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("settings", ["none", "the example settings"])
+def test_localdev_host_needs_nothing_set_up_and_runs_on_its_own_azurite_and_emulator(tmp_path, settings):
+    if settings != "none":  # as a new user does: cp local.settings.example.json local.settings.json
+        shutil.copy(ROOT / "local.settings.example.json", tmp_path / "local.settings.json")
+    host = HostProcess(tmp_path)
+    try:
+        base_url = re.search(r"^Local host: (\S+)", host.line("Local host:")).group(1)
+        key = host.line("Function key:").split()[2]
+        storage = host.line("Storage:")
+        own_azurite = re.search(r"Azurite started by this host, blob endpoint http://127\.0\.0\.1:(\d+)/", storage)
+        blob_port = int(own_azurite[1])
+        klaviyo = re.search(r"^Klaviyo: the emulator at (\S+) .*API key (\S+)", host.line("Klaviyo:"))
+        assert klaviyo, host.lines  # never the real Klaviyo unless KLAVIYO_BASE_URL says so
+        emulator_url, emulator_key = klaviyo[1], klaviyo[2]
+        if settings != "none":  # UseDevelopmentStorage=true in the file is not attached to silently
+            assert "AzureWebJobsStorage and SEGMENTS_STORAGE from the settings not used" in storage
+
+        unauthorized = httpx.get(f"{base_url}/api/exports")
+        assert unauthorized.status_code == 401 and "function key" in unauthorized.json()["error"]
+        added = httpx.put(
+            f"{base_url}/api/connections/local",
+            json={"api_key": emulator_key, "accept_privacy_terms": True},
+            headers={"x-functions-key": key},
+        )
+        assert added.status_code == 200, added.text  # the key was checked against the emulator
+        list_id = new_list(emulator_url, key=emulator_key)
+        body = {
+            "connection": "local",
+            "list_id": list_id,
+            "source": {"kind": "cdm", "path_prefix": PREFIX},
+            "email_field": "Email",
+        }
+        assert httpx.put(f"{base_url}/api/exports/first", json=body, params={"code": key}).status_code == 201
+
+        # The configuration is in the host's own Azurite (the printed endpoint, Azurite's well-known account).
+        own = Azurite(blob_port, 0, 0).connection_string
+        configs = BlobStore.from_connection_string(own, "export-config")
+        assert configs.exists("connections/local.json") and configs.exists("exports/first.json")
+    finally:
+        code = host.stop()
+    assert code == 0, host.stderr_text()
+    assert not _port_open(blob_port)  # the host stopped the Azurite it started
+    assert (tmp_path / ".localdev" / "azurite").is_dir()  # where its data stays between starts
+
+
+def test_storage_the_settings_name_is_used_only_when_said_so_and_the_host_says_which(tmp_path, azurite, emulator_url):
+    values = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SEGMENTS_STORAGE": azurite.connection_string,
+        "KLAVIYO_BASE_URL": emulator_url,
+    }
+    with ExitStack() as stack:
+        services = start_local_services(stack, {**values, "LOCALDEV_STORAGE": "settings"}, azurite_dir=tmp_path)
+    assert not services.azurite_started and not services.emulator_started
+    assert "AzureWebJobsStorage" not in services.settings  # the host keeps what the settings say...
+    storage = services.notes[0]
+    assert storage.startswith("Storage: as the settings say (LOCALDEV_STORAGE=settings)")
+    assert f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1" in storage  # ...and says which one
+    assert "AccountKey" not in storage and azurite.connection_string not in "\n".join(services.notes)
+    assert services.notes[1] == f"Klaviyo: {emulator_url} (KLAVIYO_BASE_URL)"
+
+    with ExitStack() as stack, pytest.raises(HostError, match="LOCALDEV_STORAGE=settings but SEGMENTS_STORAGE"):
+        start_local_services(stack, {"LOCALDEV_STORAGE": "settings", "AzureWebJobsStorage": "x"})
+    with ExitStack() as stack, pytest.raises(HostError, match="LOCALDEV_STORAGE must be one of azurite, settings"):
+        start_local_services(stack, {"LOCALDEV_STORAGE": "existing"})
