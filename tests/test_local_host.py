@@ -275,20 +275,68 @@ def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushin
 # -- the demo ------------------------------------------------------------------------------------------------
 
 
-def test_the_demo_runs_an_export_end_to_end():
+def test_the_demo_runs_an_export_end_to_end_and_with_keep_running_its_links_work(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KEY_VAULT_URL", "AzureWebJobsStorage")}
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, "-m", "localdev", "demo", "--rows", "3000", "--port", "0"],
+    env.update(COLUMNS="200", PYTHONUNBUFFERED="1")
+    stderr = open(tmp_path / "demo.stderr", "w+b")  # closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localdev", "demo", "--rows", "3000", "--port", "0", "--keep-running"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "list members      3,000 (read back from the emulator" in proc.stdout
-    assert '"status": "succeeded"' in proc.stdout
+    lines = []
+    try:
+        for line in proc.stdout:  # until the demo waits for Ctrl+C (EOF if it ended instead)
+            lines.append(line)
+            if "press Ctrl+C to stop them" in line:
+                break
+        out = "".join(lines)
+        assert "list members      3,000 (read back from the emulator" in out, out
+        assert '"status": "succeeded"' in out
+        where = out[out.index("where to look") :]
+        assert "These links work until you press Ctrl+C (--keep-running)." in where
+
+        history = re.search(r"run history\s+(http\S+)", where)[1]
+        page = httpx.get(history)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "demo" in page.text and "3,000" in page.text
+        run = httpx.get(re.search(r"run status \(API\)\s+(http\S+)", where)[1]).json()
+        assert (run["runtime_status"], run["report"]["profiles_imported"]) == ("Completed", 3_000)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+        proc.stdout.close()
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
+        stderr.close()
+    assert code == 0, errors
+
+
+def test_the_demo_says_where_to_look_and_how_long_the_links_work():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from localdev.demo import _summary
+
+    host = SimpleNamespace(base_url="http://127.0.0.1:7071", task_hub="LocalHub", function_key="k3y")
+    status = {"instance_id": "demo.abc", "runtime_status": "Completed", "report": {"status": "succeeded"}}
+    extra = {"reports_container": "run-reports", "list_id": "L1", "klaviyo_url": "http://127.0.0.1:9", "members": 3}
+    extra.update(rows=3, wall_s=1.0)
+    for keep_running, says in [
+        (False, "These links stop working when the demo ends: run it with --keep-running to keep them alive."),
+        (True, "These links work until you press Ctrl+C (--keep-running)."),
+    ]:
+        console = Console(record=True, width=200)
+        _summary(
+            console, host, "http://127.0.0.1:10000/devstoreaccount1", status, {**extra, "keep_running": keep_running}
+        )
+        where = console.export_text()
+        assert "  run history       http://127.0.0.1:7071/api/history?code=k3y" in where
+        assert says in where
 
 
 # -- `python -m localdev host` on its own ----------------------------------------------------------------------
