@@ -20,6 +20,8 @@
 * **Blob events.** :mod:`localdev.host_blobs` polls the blob trigger's container and delivers new or changed
   blobs that Event Grid's subscription filter would deliver, binding the trigger parameter to the type it is
   annotated with (an ``azure.storage.blob.BlobClient`` for the SDK type, through the extension's converter).
+  The blob extension's webhook (``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>`` with an
+  Event Grid ``BlobCreated`` event) delivers a blob on demand, as under Core Tools.
 
 Function code runs on one event loop of its own (the "worker"), apart from the HTTP server's loop, as in the
 Functions host, where the worker is a separate process; synchronous functions run on a thread pool.
@@ -65,6 +67,7 @@ DEFAULT_PORT = 7071
 HISTORY_CONTAINER = "durable-history"
 DEFAULT_TASK_HUB = "LocalHub"
 KEY_SETTING = "LOCAL_FUNCTION_KEY"
+BLOBS_WEBHOOK = "/runtime/webhooks/blobs"  # the blob extension's Event Grid endpoint
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's default limit on a request body
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 DIRECTIONS = {"in", "out", "inout"}
@@ -848,6 +851,7 @@ class LocalHost:
         routes: list[Any] = [
             Mount(RPC_PREFIX, routes=durable_routes(self.driver)),
             Mount(WEBHOOK_PREFIX, routes=durable_routes(self.driver)),
+            Route(BLOBS_WEBHOOK, self._blob_webhook, methods=["POST"]),
         ]
         prefix = f"/{self.route_prefix}" if self.route_prefix else ""
         routes += [
@@ -855,6 +859,47 @@ class LocalHost:
             Route(prefix or "/", self._http, methods=list(HTTP_METHODS)),
         ]
         return Starlette(routes=routes)
+
+    async def _blob_webhook(self, request: Any) -> Any:
+        """The blob extension's Event Grid webhook, as Core Tools serves it: ``POST /runtime/webhooks/blobs?
+        functionName=Host.Functions.<name>`` with ``aeg-event-type: Notification`` and an array of Event Grid
+        ``BlobCreated`` events (Event Grid schema) delivers each blob to that function now. A subscription's
+        validation event is answered. In Azure this URL takes the ``blobs_extension`` system key; here, as the
+        durable webhooks, it is open on loopback."""
+        from azure.storage.blob import BlobClient
+        from starlette.responses import JSONResponse
+
+        name = request.query_params.get("functionName", "").removeprefix("Host.Functions.")
+        watch = self._watches.get(name)
+        if watch is None:
+            known = ", ".join(f"Host.Functions.{n}" for n in self._watches)
+            return JSONResponse({"error": f"functionName must be a blob trigger function: {known}"}, 404)
+        try:
+            events = json.loads(await request.body())
+            events = events if isinstance(events, list) else [events]
+            kind = request.headers.get("aeg-event-type", "")
+            if kind == "SubscriptionValidation":
+                return JSONResponse({"validationResponse": events[0]["data"]["validationCode"]})
+            if kind != "Notification":
+                return JSONResponse({"error": "the header aeg-event-type must be Notification"}, 400)
+            blobs = []
+            for event in events:
+                if event.get("eventType") != "Microsoft.Storage.BlobCreated":
+                    continue
+                blob = BlobClient.from_blob_url(event["data"]["url"])
+                if blob.container_name != watch.container:
+                    message = f"{name} watches container '{watch.container}', not '{blob.container_name}'"
+                    return JSONResponse({"error": message}, 400)
+                blobs.append(blob.blob_name)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            problem = "expected a JSON array of Event Grid events with data.url"
+            return JSONResponse({"error": f"{problem} ({type(exc).__name__}: {exc})"}, 400)
+        for blob_name in blobs:
+            try:
+                await asyncio.to_thread(self.deliver_blob, name, blob_name)
+            except Exception:  # logged by _invoke; Event Grid would retry
+                return JSONResponse({"error": f"{name} failed on {blob_name}: see the host's log"}, 500)
+        return JSONResponse({"delivered": blobs}, 202)
 
     def _match(self, path: str, method: str) -> tuple[FunctionInfo, dict[str, str]] | None:
         for template, methods, info in self._routes:
@@ -956,6 +1001,8 @@ def banner(host: LocalHost, notes: Iterable[str] = ()) -> str:
     for watch in host._watches.values():
         every = f"every {host.poll_interval:g} s" if host.poll_interval is not None else "off"
         lines.append(f"    {watch.function}: blobTrigger ({watch.source}) on {watch.container}/, polled {every}")
+        webhook = f"{host.base_url}{BLOBS_WEBHOOK}?functionName=Host.Functions.{watch.function}"
+        lines.append(f"        Event Grid events: POST {webhook}")
     others = [f for f in host.functions.values() if f.trigger_type not in ("httpTrigger", "blobTrigger")]
     for f in sorted(others, key=lambda f: (str(f.trigger_type), f.name)):
         lines.append(f"    {f.name}: {f.trigger_type}")

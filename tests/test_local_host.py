@@ -272,6 +272,56 @@ def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushin
     assert list_emails(url, list_id) == {email_for(i) for i in range(5_000)}
 
 
+NOTIFICATION = {"aeg-event-type": "Notification", "Content-Type": "application/json"}
+
+
+def azurite_blob_url(azurite: Azurite) -> str:
+    return f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1"
+
+
+def documented_blob_event(operations: str) -> tuple[str, str]:
+    """The blob trigger's webhook URL (path and query) and Event Grid event from OPERATIONS.md's Core Tools steps."""
+    url = re.search(r'curl -sS -X POST "http://localhost:7071(/runtime/webhooks/blobs\?[^"]+)"', operations)[1]
+    event = re.search(r"--data @- <<EOF\n(.*?)\n\s*EOF\n", operations, re.DOTALL)[1]
+    return url, event
+
+
+def test_the_event_grid_event_operations_md_documents_fires_the_blob_trigger(azurite, emulator_url):
+    url, event = documented_blob_event((ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8"))
+    settings = host_settings(azurite, emulator_url)
+    container = settings["SEGMENTS_CONTAINER"]
+    list_id = new_list(emulator_url)
+    with new_host(settings, poll_interval=None) as host, HostClient(host.base_url, FUNCTION_KEY) as api:
+        api.put_connection("shop", EMULATOR_KEY)
+        api.put_export("weekly", export_body(list_id, settings))
+        model, etag = upload_export(azurite, settings, 800, partitions=2)
+        # The shell's substitutions, and this test's container and Azurite instead of the defaults.
+        body = (
+            event.replace("$(uuidgen)", str(uuid.uuid4()))
+            .replace("$(date -u +%FT%TZ)", "2026-12-04T22:00:00Z")
+            .replace("$MODEL", model)
+            .replace("http://127.0.0.1:10000/devstoreaccount1/segments/", f"{azurite_blob_url(azurite)}/{container}/")
+            .replace("/containers/segments/", f"/containers/{container}/")
+        )
+        endpoint = host.url(url)
+
+        assert httpx.post(endpoint, content=body).status_code == 400  # without aeg-event-type: Notification
+        wrong = httpx.post(endpoint.replace("on_segment_export", "nope"), content=body, headers=NOTIFICATION)
+        assert wrong.status_code == 404 and "Host.Functions.on_segment_export" in wrong.json()["error"]
+        fired = httpx.post(endpoint, content=body, headers=NOTIFICATION)
+        assert (fired.status_code, fired.json()) == (202, {"delivered": [model]})
+        status = api.wait_for_run(run_id_for("weekly", settings, model, etag), timeout=120)
+
+        validation = [
+            {"eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "data": {"validationCode": "c0de"}}
+        ]
+        answer = httpx.post(endpoint, json=validation, headers={"aeg-event-type": "SubscriptionValidation"})
+        assert answer.json() == {"validationResponse": "c0de"}
+    report = status["report"]
+    assert (status["runtime_status"], report["status"], report["profiles_imported"]) == ("Completed", "succeeded", 800)
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(800)}
+
+
 # -- the demo ------------------------------------------------------------------------------------------------
 
 
