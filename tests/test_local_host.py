@@ -490,7 +490,16 @@ def test_localdev_host_needs_nothing_set_up_and_runs_on_its_own_azurite_and_emul
         code = host.stop()
     assert code == 0, host.stderr_text()
     assert not _port_open(blob_port)  # the host stopped the Azurite it started
-    assert (tmp_path / ".localdev" / "azurite").is_dir()  # where its data stays between starts
+    if settings != "none":
+        return
+
+    again = HostProcess(tmp_path)  # its Azurite keeps its data in .localdev/azurite: the export is still there
+    try:
+        base_url = re.search(r"^Local host: (\S+)", again.line("Local host:")).group(1)
+        key = again.line("Function key:").split()[2]
+        assert [e["name"] for e in httpx.get(f"{base_url}/api/exports", params={"code": key}).json()] == ["first"]
+    finally:
+        assert again.stop() == 0, again.stderr_text()
 
 
 def test_storage_the_settings_name_is_used_only_when_said_so_and_the_host_says_which(tmp_path, azurite, emulator_url):
