@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
     host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
-    host.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs")
+    host.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs (default 1)"
+    )
     host.add_argument("--settings", help="a local.settings.json (default: ./local.settings.json, if present)")
     host.add_argument(
         "--storage",

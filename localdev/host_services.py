@@ -63,6 +63,7 @@ def start_local_services(
     out = LocalServices()
     if mode == "azurite":
         azurite_dir.mkdir(parents=True, exist_ok=True)
+        _lock(stack, azurite_dir)
         try:
             azurite = stack.enter_context(run_azurite(azurite_dir, in_memory=False))
         except RuntimeError as exc:
@@ -101,3 +102,19 @@ def start_local_services(
             "(PUT it as a connection's api_key)"
         )
     return out
+
+
+def _lock(stack: ExitStack, folder: Path) -> None:
+    """One Azurite per data folder: two would corrupt each other's files. Held until ``stack`` closes (after the
+    Azurite started on the folder has stopped); the OS releases it when the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; the docs say to use one folder per host
+        return
+    handle = stack.enter_context(open(folder / ".localdev-host.lock", "a"))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise HostError(
+            f"another local host keeps its Azurite data in {folder}: stop it, or give this one --azurite-dir"
+        ) from None

@@ -522,3 +522,13 @@ def test_storage_the_settings_name_is_used_only_when_said_so_and_the_host_says_w
         start_local_services(stack, {"LOCALDEV_STORAGE": "settings", "AzureWebJobsStorage": "x"})
     with ExitStack() as stack, pytest.raises(HostError, match="LOCALDEV_STORAGE must be one of azurite, settings"):
         start_local_services(stack, {"LOCALDEV_STORAGE": "existing"})
+
+
+def test_two_hosts_never_share_one_azurite_folder(tmp_path, emulator_url):
+    with ExitStack() as first:
+        started = start_local_services(first, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path)
+        assert started.azurite_started
+        with ExitStack() as second, pytest.raises(HostError, match="another local host keeps its Azurite data in"):
+            start_local_services(second, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path)
+    with ExitStack() as after:  # free again once the first has stopped
+        assert start_local_services(after, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path).azurite_started
