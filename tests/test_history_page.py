@@ -260,3 +260,20 @@ def test_dry_run_button_starts_a_dry_run_and_shows_it(azurite, emulator_url, bro
         # Another site cannot start runs through a signed-in operator's browser.
         forged = api.http.post("/api/exports/weekly/runs", headers={"sec-fetch-site": "cross-site"})
         assert forged.status_code == 403
+
+
+def test_rejects_are_grouped_in_one_pass_over_pieces_cut_anywhere(monkeypatch):
+    from shared.finishing import history
+
+    rows = [{"partition": "p", "row": i, "reason": f"reason {i % 3}", "kind": "rejected"} for i in range(50)]
+    data = b"\n".join(map(orjson.dumps, rows)) + b"\n"
+    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]  # lines cut mid-way, as blob reads may be
+    groups, kinds = history.group_rejects(pieces, per_reason=5)
+    assert kinds == {"rejected": 50}
+    assert [(g["reason"], g["count"], len(g["rows"])) for g in groups] == [
+        ("reason 0", 17, 5), ("reason 1", 17, 5), ("reason 2", 16, 5),
+    ]  # fmt: skip
+    assert groups[0]["rows"][0] == rows[0]
+    monkeypatch.setattr(history, "MAX_REASONS", 2)  # many distinct reasons: the rest are counted together
+    groups, _ = history.group_rejects(pieces)
+    assert {g["reason"]: g["count"] for g in groups} == {"reason 0": 17, "reason 1": 17, "other reasons": 16}
