@@ -1,5 +1,6 @@
-"""What runs leave in the durable task hub: the purge of finished runs' history, through the durable SDK's
-own client talking to the local durable driver's HTTP API (the same API the Functions host serves)."""
+"""What runs leave behind: the purge of finished runs' durable history, through the durable SDK's own client
+talking to the local durable driver's HTTP API (the same API the Functions host serves), and a run whose
+workspace clean-up fails. (That a finished run leaves no workspace: test_pipeline_cli, test_local_host.)"""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from azure.durable_functions.models.utils import http_utils
 from azure.functions.timer import TimerRequest
 
 import function_app
+from localdev.cli import build_parser
 from localdev.durable import LocalDurableDriver, RuntimeStatus, client_binding_json, durable_rpc_app, serve_in_thread
 from localdev.durable.registry import registry_from_app
+from localdev.runner import run_export
+from localdev.sample import write_ci_export
+from shared import pipeline
 from shared.finishing.purge import purge_finished_runs
+from shared.platform.storage import LocalStore
+from tests.fixtures.services import EMULATOR_KEY
+from tests.pipeline_helpers import new_list
 
 WAIT = 30  # seconds: an upper bound on waiting for a condition, never a sleep
 
@@ -105,3 +113,41 @@ async def test_the_daily_timer_purges_through_its_durable_client_binding(hub, mo
 
     assert _left(driver) == set(ids.values())
     assert "purged the durable history of 0 finished runs created before" in caplog.text
+
+
+@pytest.fixture
+def settings_read_afresh():
+    """The process-wide settings and secret provider are cached: read them again from this test's environment,
+    and again after it."""
+    from shared.platform.secrets import get_secret_provider
+    from shared.platform.settings import get_settings
+
+    for cached in (get_settings, get_secret_provider):
+        cached.cache_clear()
+    yield
+    for cached in (get_settings, get_secret_provider):
+        cached.cache_clear()
+
+
+def test_a_run_whose_workspace_clean_up_fails_still_ends_with_its_report(
+    tmp_path, emulator_url, monkeypatch, settings_read_afresh
+):
+    """The clean-up is the run's last step, after its report: if storage refuses it (after the retries) the
+    run still ends as it went, and the workspace is left for the Blob lifecycle rule."""
+
+    def storage_down(run: dict) -> dict:
+        raise OSError("storage is down")
+
+    monkeypatch.setattr(pipeline, "clean_up", storage_down)
+    monkeypatch.setenv("KLAVIYO_API_KEY", EMULATOR_KEY)
+    monkeypatch.setenv("KEY_VAULT_URL", "")
+    model = tmp_path / "src" / write_ci_export(LocalStore(tmp_path / "src"), 500, partitions=1)
+    args = build_parser().parse_args(
+        ["export", str(model), "--list-id", new_list(emulator_url), "--email-field", "Email",
+         "--klaviyo-url", emulator_url, "--workdir", str(tmp_path / "work"), "--state", str(tmp_path / "state")]
+    )  # fmt: skip
+
+    report = run_export(args)
+
+    assert (report["status"], report["profiles_imported"]) == ("succeeded", 500)
+    assert LocalStore(tmp_path / "work" / "work").list("runs/") != []
