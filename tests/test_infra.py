@@ -541,6 +541,29 @@ def test_lifecycle_rules_delete_leftover_workspaces_and_old_reports_only(parsed:
     assert app_args["runRetentionDays"] == "runRetentionDays"
     retention = app_settings(parsed)["RUN_RETENTION_DAYS"]["function"]
     assert retention == {"type": "string", "parameters": {"value_to_convert": "runRetentionDays"}}
+    # The prefixes are where the app puts them: a run's workspace and report under runs/, its sync state not.
+    run = _a_run()
+    assert run["workspace"]["prefix"].startswith("runs/") and run["reports"]["name"].startswith("runs/")
+    assert not run["state"]["prefix"].startswith("runs/")
+
+
+def _a_run() -> dict:
+    from datetime import UTC, datetime
+
+    from shared.platform.config import Connection, ExportConfig, PrivacyAcceptance, SourceConfig
+    from shared.platform.settings import AppSettings
+    from shared.runs import build_run
+
+    cfg = ExportConfig(
+        name="weekly",
+        connection="shop",
+        list_id="L1",
+        source=SourceConfig(kind="cdm", path_prefix="ci/"),
+        email_field="Email",
+    )
+    accepted = PrivacyAcceptance(accepted_by="test", accepted_at=datetime.now(UTC))
+    conn = Connection(name="shop", secret_name="klaviyo-shop", privacy_acceptance=accepted)
+    return build_run(cfg, conn, "ci/model.json", AppSettings(), "weekly.abc")
 
 
 def test_blob_soft_delete_is_off_on_the_export_account_with_the_reason(parsed: dict) -> None:
