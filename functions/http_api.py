@@ -8,6 +8,7 @@ that was not declared here."""
 from __future__ import annotations
 
 import functools
+import inspect
 from contextvars import ContextVar
 
 import azure.durable_functions as df
@@ -22,18 +23,18 @@ from shared.platform.settings import get_settings
 
 bp = df.Blueprint(http_auth_level=func.AuthLevel.FUNCTION)
 PRINCIPAL = "x-ms-client-principal"
-# Function name -> HTTP method -> who may call it: the one route table every HTTP function is in.
+# Route -> HTTP method -> who may call it: the one table every HTTP function is in.
 ACCESS: dict[str, dict[str, Access]] = {}
 _CALLER: ContextVar[Caller] = ContextVar("caller")
 
 
-def route(route: str, **access: Access):
+def route(route: str, *, auth_level: func.AuthLevel | None = None, **access: Access):
     """`bp.route` for `route` with the methods given, each with who may call it, e.g.
     ``@route("exports/{name}", GET=Access.READ, DELETE=Access.CONTRIBUTE)``. Goes right above the function
     (under `bp.durable_client_input`, which then wraps the checked function)."""
 
     def register(fn):
-        ACCESS[fn.__name__] = access
+        ACCESS[route] = access
 
         @functools.wraps(fn)
         async def checked(req: func.HttpRequest, **bindings):
@@ -44,14 +45,16 @@ def route(route: str, **access: Access):
                 return _reply(*error(exc.status, str(exc)))
             token = _CALLER.set(who)
             try:
-                return await fn(req, **bindings)
+                result = fn(req, **bindings)
+                return await result if inspect.isawaitable(result) else result
             finally:
                 _CALLER.reset(token)
 
         return checked
 
     def decorate(fn):
-        return bp.route(route=route, methods=list(access))(register(fn))
+        options = {} if auth_level is None else {"auth_level": auth_level}
+        return bp.route(route=route, methods=list(access), **options)(register(fn))
 
     return decorate
 

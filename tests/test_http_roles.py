@@ -10,10 +10,13 @@ import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import azure.durable_functions as df
+import azure.functions as func
 import orjson
 import pytest
 
 import function_app
+from functions import http_api
 from functions.http_api import ACCESS
 from localdev.host import describe_functions
 from localdev.host_client import HostClient
@@ -32,16 +35,16 @@ MAY = {
 }
 # The rules of the routes this file knows (a route added later must declare its own, and is walked with it).
 DECLARED = {
-    ("list_exports", "GET"): Access.READ,
-    ("export_item", "GET"): Access.READ,
-    ("export_item", "PUT"): Access.CONTRIBUTE,
-    ("export_item", "DELETE"): Access.CONTRIBUTE,
-    ("export_runs", "GET"): Access.READ,
-    ("export_runs", "POST"): Access.CONTRIBUTE,
-    ("get_run", "GET"): Access.READ,
-    ("connection_item", "GET"): Access.READ,
-    ("connection_item", "PUT"): Access.ADMIN,
-    ("run_history", "GET"): Access.READ,
+    ("exports", "GET"): Access.READ,
+    ("exports/{name}", "GET"): Access.READ,
+    ("exports/{name}", "PUT"): Access.CONTRIBUTE,
+    ("exports/{name}", "DELETE"): Access.CONTRIBUTE,
+    ("exports/{name}/runs", "GET"): Access.READ,
+    ("exports/{name}/runs", "POST"): Access.CONTRIBUTE,
+    ("runs/{instance_id}", "GET"): Access.READ,
+    ("connections/{name}", "GET"): Access.READ,
+    ("connections/{name}", "PUT"): Access.ADMIN,
+    ("history", "GET"): Access.READ,
 }
 CLOSED, OPEN = "vip", "team"  # connections: administrators only / open to contributors
 EXPORTS = {CLOSED: "vip-weekly", OPEN: "team-weekly"}
@@ -64,10 +67,10 @@ CALLERS = {
 ADMIN = CALLERS["admin"]
 
 
-def http_routes() -> list[tuple[str, str, str]]:
+def http_routes(app=function_app.app) -> list[tuple[str, str, str]]:
     """(function name, route, method) for every HTTP function in the app's function metadata."""
     out = []
-    for info in describe_functions(function_app.app):
+    for info in describe_functions(app):
         trigger = info.trigger or {}
         if trigger.get("type") == "httpTrigger":
             for method in trigger.get("methods") or ["GET", "POST", "PUT", "DELETE", "PATCH"]:
@@ -75,13 +78,26 @@ def http_routes() -> list[tuple[str, str, str]]:
     return out
 
 
+def undeclared(app) -> list[tuple[str, str, str]]:
+    return [(fn, route, m) for fn, route, m in http_routes(app) if m not in ACCESS.get(route, {})]
+
+
 def test_every_http_function_declares_who_may_call_each_method():
-    routes = http_routes()
-    assert routes, "the app has no HTTP functions?"
-    undeclared = [(fn, route, m) for fn, route, m in routes if m not in ACCESS.get(fn, {})]
-    assert undeclared == [], "declare who may call these with functions.http_api.route(..., METHOD=Access.X)"
-    for (fn, method), access in DECLARED.items():
-        assert ACCESS[fn][method] is access, (fn, method)
+    assert http_routes(), "the app has no HTTP functions?"
+    assert undeclared(function_app.app) == [], "declare who may call them: functions.http_api.route(..., GET=...)"
+    for (route, method), access in DECLARED.items():
+        assert ACCESS[route][method] is access, (route, method)
+
+
+def test_a_route_added_without_declaring_who_may_call_it_is_found():
+    app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+    @app.route(route="erasure", methods=["POST"])
+    async def erase(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("gone")
+
+    app.register_functions(http_api.bp)
+    assert undeclared(app) == [("erase", "erasure", "POST")]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["keys-trusted", "principal-required"])
@@ -116,12 +132,12 @@ def fill(route: str, conn: str) -> str:
     return re.sub(r"\{([^}]+)\}", value, route)
 
 
-def body_for(fn: str, method: str, conn: str, settings: dict) -> dict | None:
+def body_for(route: str, method: str, conn: str, settings: dict) -> dict | None:
     if method not in ("PUT", "POST"):
         return None
-    if fn == "export_item":  # the export as it is: an allowed caller changes nothing
+    if route == "exports/{name}":  # the export as it is: an allowed caller changes nothing
         return export_body("LIST01", settings, connection=conn, prefix="nothing-here/")
-    if fn == "connection_item":
+    if route == "connections/{name}":
         return {"allowed_roles": "admins" if conn == CLOSED else "contributors", "accept_privacy_terms": True}
     return {}
 
@@ -129,13 +145,13 @@ def body_for(fn: str, method: str, conn: str, settings: dict) -> dict | None:
 def test_every_route_with_every_role(host):
     api, settings, required = host.api, host.settings, host.required
     walked = 0
-    for fn, route, method in http_routes():
-        access = ACCESS[fn][method]
+    for _fn, route, method in http_routes():
+        access = ACCESS[route][method]
         targets = (CLOSED, OPEN) if "{" in route else (OPEN,)
         for conn in targets:
             url = "/api/" + fill(route, conn)
             for who, headers in CALLERS.items():
-                body = body_for(fn, method, conn, settings)
+                body = body_for(route, method, conn, settings)
                 params = {"dry_run": "true"} if method == "POST" else None
                 response = api.request(method, url, headers=headers, json=body, params=params)
                 label = (who, method, url, response.status_code, response.text[:200])
