@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from contextvars import ContextVar
+from urllib.parse import quote, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -112,10 +113,30 @@ async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClie
     async def start():
         return await api.start_run(client, name, bool(_flag(req, "dry_run")), _flag(req, "full"), who)
 
+    if req.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        # A browser posting from another site (the console's buttons are same-origin): refuse, so a page
+        # elsewhere cannot start runs with a signed-in operator's cookies.
+        return _reply(403, {"error": "runs are not started from other sites"})
     status, body = await api.call(start)
     if status != 202:
         return _reply(status, body)
-    return client.create_check_status_response(req, body["id"])
+    if req.params.get("from") == "console":  # the console's buttons: on to the run's page
+        location = f"/api/history/{quote(body['id'], safe='.-_')}{_key_query(req)}"
+        return func.HttpResponse(status_code=303, headers={"Location": location})
+    return _run_started(req, client, body["id"])
+
+
+def _run_started(req: func.HttpRequest, client: df.DurableOrchestrationClient, run_id: str) -> func.HttpResponse:
+    """202 with the app's own status URL (``GET /api/runs/{id}``: progress, then the report; the caller's function
+    key, which is not repeated here) beside the durable extension's management URLs, as
+    ``create_check_status_response`` answers."""
+    links = client.get_client_response_links(req, run_id)
+    parts = urlsplit(req.url)
+    api_root = parts.path[: parts.path.rfind("/exports/")]  # the route prefix ("/api"), as the request came in
+    run_url = f"{parts.scheme}://{parts.netloc}{api_root}/runs/{quote(run_id, safe='')}"
+    body = {"id": run_id, "runStatusUri": run_url, **links}
+    headers = {"Location": links["statusQueryGetUri"], "Retry-After": "10"}
+    return func.HttpResponse(orjson.dumps(body), status_code=202, mimetype="application/json", headers=headers)
 
 
 @bp.durable_client_input(client_name="client")
@@ -133,7 +154,54 @@ async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
     return await _guarded(api, lambda: api.put_connection(name, req.get_body(), who))
 
 
+def _key_query(req: func.HttpRequest) -> str:
+    """A function key given in the URL (a browser cannot send the header), carried on to the page's links."""
+    code = req.params.get("code")
+    return f"?code={quote(code, safe='')}" if code else ""
+
+
+def _html(status: int, body) -> func.HttpResponse:
+    if isinstance(body, str):
+        return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8")
+    return _reply(status, body)
+
+
+@bp.durable_client_input(client_name="client")
 @route("history", GET=Access.READ)
-async def run_history(req: func.HttpRequest) -> func.HttpResponse:
-    """An HTML page of recent runs of the exports the caller may see."""
-    return func.HttpResponse(await _api().history_page(caller()), mimetype="text/html", charset="utf-8")
+async def run_history(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """The run console: runs in progress and recent runs of the exports the caller may see."""
+    api, who = _api(), caller()
+
+    async def page():
+        return 200, await api.history_page(client, who, _key_query(req))
+
+    return _html(*await api.call(page))
+
+
+@bp.durable_client_input(client_name="client")
+@route("history/{instance_id}", GET=Access.READ)
+async def run_detail(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """One run's page: report, Klaviyo jobs, rejected rows by reason (or its live progress)."""
+    api, instance, who = _api(), req.route_params["instance_id"], caller()
+
+    async def page():
+        return await api.run_page(client, instance, who, _key_query(req))
+
+    return _html(*await api.call(page))
+
+
+@route("runs/{instance_id}/rejects", GET=Access.READ)
+async def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
+    """The run's rejects file (NDJSON), as a download."""
+    api, instance, who = _api(), req.route_params["instance_id"], caller()
+
+    async def download():
+        return await api.rejects_file(instance, who)
+
+    status, body = await api.call(download)
+    if status != 200:
+        return _reply(status, body)
+    disposition = f'attachment; filename="{instance}.rejects.ndjson"'  # the id was checked: [a-z0-9._-] only
+    return func.HttpResponse(
+        body, status_code=200, mimetype="application/x-ndjson", headers={"Content-Disposition": disposition}
+    )

@@ -13,8 +13,17 @@ from enum import StrEnum
 import orjson
 from pydantic import ValidationError
 
-from shared.finishing.history import RUNS_SHOWN, recent_reports, render_page
+from shared.finishing.history import (
+    RUNS_SHOWN,
+    group_rejects,
+    recent_reports,
+    rejects_name,
+    render_page,
+    render_run,
+    report_name,
+)
 from shared.platform.config import (
+    NAME_RE,
     ConfigNotFoundError,
     ConfigStore,
     ConfigValidationError,
@@ -32,6 +41,8 @@ from shared.pushing.klaviyo.errors import KlaviyoError
 from shared.runs import ACTIVE, build_run, instance_id, latest_source
 
 MAX_BODY_BYTES = 256 * 1024
+# '<export>.<digest>[-m<time>]': an instance id names its export, and a blob path is built from it.
+INSTANCE_RE = re.compile(rf"{NAME_RE.pattern}\.[A-Za-z0-9-]{{1,64}}")
 Reply = tuple[int, dict | list]
 
 
@@ -233,14 +244,12 @@ class Api:
         segments = open_store(blob_store("segments", cfg.source.container), self.settings)
         path = latest_source(segments, cfg)
         iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", segments.info(path).etag, datetime.now(UTC))
-        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full)
+        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full, trigger="http")
         await client.start_new("export_orchestrator", iid, run)
         return 202, {"id": iid}
 
     async def get_run(self, client, instance: str, caller: Caller) -> Reply:
-        export = run_export(instance)
-        if not caller.admin:
-            self._visible_export(export, caller)
+        self._check_run_access(instance, caller)
         status = await client.get_status(instance)
         if status is None or status.runtime_status is None:
             raise HttpError(404, f"no run with id '{instance}'")
@@ -262,10 +271,66 @@ class Api:
         self._visible_export(name, caller)
         return 200, recent_reports(self._reports(), name, limit)
 
-    async def history_page(self, caller: Caller) -> str:
-        """The run history of the exports the caller may see, as an HTML page."""
+    async def history_page(self, client=None, caller: Caller | None = None, key_query: str = "") -> str:
+        """The run console: runs in progress (from the durable client, if given) and the run history of the
+        exports the caller may see, with "Run now" for those the caller may run."""
+        caller = caller or Caller(FUNCTION_KEY_CALLER)
         reports = self._reports()
-        return render_page({cfg.name: recent_reports(reports, cfg.name) for cfg in self._visible_exports(caller)})
+        connections: dict[str, Connection | None] = {}
+        exports = []
+        for cfg in self.configs.list_exports():
+            if cfg.connection not in connections:
+                connections[cfg.connection] = self._connection(cfg.connection)
+            if caller.may_see(connections[cfg.connection]):
+                exports.append(cfg)
+        can_run = {cfg.name: caller.may_change(connections[cfg.connection]) for cfg in exports}
+        active = []
+        for status in (await client.get_status_by(runtime_status=None) or []) if client is not None else []:
+            state = status.runtime_status.value if status.runtime_status else ""
+            iid = status.instance_id or ""
+            if state in ACTIVE and INSTANCE_RE.fullmatch(iid) and iid.partition(".")[0] in can_run:
+                active.append({
+                    "instance_id": iid, "export": iid.partition(".")[0], "runtime_status": state,
+                    "created_time": _iso(status.created_time), "progress": status.custom_status,
+                })  # fmt: skip
+        active.sort(key=lambda r: r["created_time"] or "", reverse=True)
+        history = {cfg.name: recent_reports(reports, cfg.name) for cfg in exports}
+        return render_page(history, active, can_run, key_query)
+
+    def _check_run_access(self, instance: str, caller: Caller) -> None:
+        """A run is seen by those who may see its export (administrators only once the export is gone);
+        an id that is not a run id ('..', '/', ...) is 400."""
+        export = run_export(instance)
+        if caller.admin:
+            return
+        try:
+            self._visible_export(export, caller)
+        except ConfigNotFoundError:
+            raise HttpError(403, f"'{caller.name}' may not see runs of export '{export}'") from None
+
+    async def run_page(self, client, instance: str, caller: Caller, key_query: str = "") -> tuple[int, str]:
+        """One run's page: its report, jobs and rejected rows by reason, or its live progress."""
+        self._check_run_access(instance, caller)
+        reports = self._reports()
+        report, status, groups, kinds = None, None, [], {}
+        if reports.exists(report_name(instance)):
+            report = orjson.loads(reports.read_bytes(report_name(instance)))
+            if reports.exists(rejects_name(instance)):
+                groups, kinds = group_rejects(reports.iter_bytes(rejects_name(instance)))
+        else:
+            found = await client.get_status(instance) if client is not None else None
+            if found is None or found.runtime_status is None:
+                raise HttpError(404, f"no run with id '{instance}'")
+            status = {"runtime_status": found.runtime_status.value, "progress": found.custom_status or {}}
+        return 200, render_run(instance, report, status, groups, kinds, key_query)
+
+    async def rejects_file(self, instance: str, caller: Caller) -> tuple[int, bytes]:
+        """The run's rejects file (NDJSON: partition, row, reason, kind per line)."""
+        self._check_run_access(instance, caller)
+        reports = self._reports()
+        if not reports.exists(rejects_name(instance)):
+            raise HttpError(404, f"run '{instance}' has no rejects file (yet)")
+        return 200, reports.read_bytes(rejects_name(instance))
 
     # --- connections ---
 
@@ -312,15 +377,11 @@ class Api:
         return 200, conn.model_dump(mode="json")
 
 
-RUN_ID_RE = re.compile(r"([a-z0-9][a-z0-9_-]{0,62})\.[A-Za-z0-9-]{1,80}")
-
-
 def run_export(instance: str) -> str:
     """The export a run id belongs to ('<export>.<digest>[-m<time>]'); 400 for anything else (a '..', a '/')."""
-    match = RUN_ID_RE.fullmatch(instance or "")
-    if match is None:
+    if not isinstance(instance, str) or not INSTANCE_RE.fullmatch(instance):
         raise HttpError(400, "not a run id: '<export>.<id>' (letters, digits, '-' and '_')")
-    return match.group(1)
+    return instance.partition(".")[0]
 
 
 def _iso(value) -> str | None:
