@@ -195,7 +195,7 @@ def test_run_detail_groups_rejects_by_reason_lists_jobs_and_serves_the_rejects_f
         assert "Run now" not in api.http.get("/api/history", headers=contributor).text
         admin = {"x-ms-client-principal": principal("admin")}
         assert api.http.get(f"/api/runs/{run_id}/rejects", headers=admin).status_code == 200
-        assert api.http.get("/api/runs/..%2F..%2Fsecrets/rejects").status_code == 404
+        assert api.http.get("/api/runs/..%2F..%2Fsecrets/rejects").status_code == 400  # not a run id
         assert api.http.get("/api/history/weekly.nosuchrun").status_code == 404
 
 
