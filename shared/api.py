@@ -81,7 +81,6 @@ class Access(StrEnum):
 
 
 FUNCTION_KEY_CALLER = "function key"
-ROLES = ("admin", "contributor", "reader")
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class Caller:
             )
         except (ValueError, TypeError, AttributeError, KeyError):
             raise HttpError(401, "X-MS-CLIENT-PRINCIPAL cannot be read") from None
-        return cls(str(name or "unnamed principal"), frozenset(roles))
+        return cls(str(name or "unnamed principal")[:200], frozenset(roles))
 
     @property
     def admin(self) -> bool:
