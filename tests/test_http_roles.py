@@ -175,6 +175,7 @@ def test_lists_and_the_history_page_show_only_what_the_caller_may_see(host):
         assert {e["name"] for e in listed.json()} == seen, who
         page = api.request("GET", "/api/history", headers=CALLERS[who]).text
         assert (EXPORTS[CLOSED] in page, EXPORTS[OPEN] in page) == (who == "admin", True), who
+        assert ("Run now" in page) == (who != "reader"), who  # a reader may not start runs
 
 
 def test_a_principal_without_roles_cannot_delete_and_a_contributor_cannot_take_an_export_over(host):
