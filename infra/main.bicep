@@ -115,6 +115,9 @@ param runRetentionDays int = 90
 @maxValue(30)
 param workspaceRetentionDays int = 3
 
+@description('True when App Service authentication is configured on the function app: requests without a signed-in principal are refused (401) rather than trusted as an administrator.')
+param requirePrincipal bool = false
+
 @description('Days that logs are kept in Log Analytics.')
 @minValue(30)
 @maxValue(730)
@@ -279,6 +282,7 @@ module functionApp 'modules/functionapp.bicep' = {
     klaviyoBaseUrl: klaviyoBaseUrl
     secretCacheTtlSeconds: secretCacheTtlSeconds
     runRetentionDays: runRetentionDays
+    requirePrincipal: requirePrincipal
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     keyVaultUri: keyVault.outputs.uri
   }

@@ -92,6 +92,9 @@ param secretCacheTtlSeconds int
 @description('Days the durable history of finished runs is kept before the purge timer removes it.')
 param runRetentionDays int
 
+@description('True when App Service authentication (Easy Auth) is configured on the app: the HTTP API then answers 401 to a request without a signed-in principal instead of trusting the function key holder as an administrator.')
+param requirePrincipal bool = false
+
 // The durable group serves every orchestrator and activity; none is kept warm unless asked for.
 var durableAlwaysReady = (durableAlwaysReadyInstances > 0) ? [
   {
@@ -257,6 +260,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'RUN_RETENTION_DAYS'
           value: string(runRetentionDays)
+        }
+        {
+          name: 'AUTH_REQUIRE_PRINCIPAL'
+          value: string(requirePrincipal)
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
