@@ -61,6 +61,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 delay = min(MAX_POLL_S, delay * 1.5)
             if turn["status"] == "superseded":
                 outcome["superseded_by"] = turn["by"]
+                outcome["superseded_source_time"] = turn.get("by_source_time")
                 raise Superseded
         _status(context, "planning", progress)
         plan = _checked((yield context.call_activity_with_retry("plan_export", RETRY, run)))
@@ -80,7 +81,9 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 results = yield context.task_all(wave)
                 for result in map(_checked, results):
                     keep = ("unit", "submitted", "rejected", "warnings", "subscribed", "not_consented")
-                    outcome["pushes"].append({k: result.get(k, 0) for k in keep})
+                    outcome["pushes"].append(
+                        {**{k: result.get(k, 0) for k in keep}, "warnings_by_kind": result.get("warnings_by_kind", {})}
+                    )
                     job_ids += [job["id"] for job in result["jobs"]]
                     progress["profiles_submitted"] += result["submitted"]
                     progress["profiles_failed"] += result["rejected"]

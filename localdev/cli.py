@@ -68,20 +68,32 @@ def _positive(value: str) -> int:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option with its default; descriptions as written."""
+    """Every option with its default (options without one say so in their help); descriptions as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (exit 2), not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     # --debug goes before or after the subcommand: the subcommands' copy leaves the default to the main one.
-    debug = argparse.ArgumentParser(add_help=False)
+    debug = _Parser(add_help=False)
     debug.add_argument(
         "--debug",
         action="store_true",
         default=argparse.SUPPRESS,
         help="show the log (Klaviyo retries, activities) and tracebacks on stderr (default: off)",
     )
-    parser = argparse.ArgumentParser(prog="python -m localdev", description=__doc__, formatter_class=_Help)
-    parser.add_argument("--debug", action="store_true", help="show the log and tracebacks on stderr")
+    parser = _Parser(prog="python -m localdev", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--debug", action="store_true", help="show the log and tracebacks on stderr (default: off)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser(
@@ -124,9 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--max-profiles", type=_positive, help="fail before sending when the segment is larger; default: no limit"
     )
-    ex.add_argument("--consent-field", help="subscribe mode: the column that records email marketing consent")
+    ex.add_argument(
+        "--consent-field",
+        help="subscribe mode: the column that records email marketing consent (required there); default: none",
+    )
     ex.add_argument("--consent-values", default="true,yes,1,subscribed", help="values that mean consent (comma list)")
-    ex.add_argument("--consented-at-field", help="subscribe mode: the column with when consent was given")
+    ex.add_argument(
+        "--consented-at-field", help="subscribe mode: the column with when consent was given; default: none"
+    )
     ex.add_argument(
         "--max-removal-share", type=_share, default=0.30, help="mirror mode: refuse removing more of the list"
     )
@@ -271,8 +288,9 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"  rejected {item['partition']} row {item['row']}: {item['reason']}")
     for item in report.get("failures_sample", [])[:5]:
         lines.append(f"  failed {item.get('partition')} row {item.get('row')}: {item.get('reason')}")
-    if report.get("rejects_file"):
-        lines.append(f"  rejects file: {report['rejects_file']}")
+    listed = report.get("rows_rejected", 0) + report.get("duplicate_rows", 0) + report.get("profiles_failed", 0)
+    if report.get("rejects_file") and listed:
+        lines.append(f"  rejects file ({listed:,} rows): {report['rejects_file']}")
     emulator = report.get("klaviyo_emulator")
     if emulator:
         lines.append(
@@ -285,6 +303,9 @@ def summary_lines(report: dict) -> list[str]:
 def _failure_line(exc: BaseException, args) -> str:
     """One line for what ended the command; a Klaviyo that cannot be reached says where and what to check."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith("cannot connect to Klaviyo at"):
+        where = "--klaviyo-url" if args.klaviyo_url else "the network (no --klaviyo-url: Klaviyo itself)"
+        text += f"; check {where}, a proxy (HTTPS_PROXY, NO_PROXY) and that KLAVIYO_API_KEY is meant for it"
     return text
 
 

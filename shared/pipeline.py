@@ -13,13 +13,14 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import orjson
 
 from shared.finishing.report import JobSummary, RunReport
 from shared.planning.columnar import ColumnarProfiles
 from shared.planning.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
-from shared.planning.profiles import ProfileMapper, email_key
+from shared.planning.profiles import PHONE_WARNING, ProfileMapper, email_key
 from shared.planning.units import PlanReader
 from shared.platform.errors import ExportError
 from shared.platform.runtime import open_store, secrets
@@ -122,6 +123,10 @@ def _client(run: dict) -> KlaviyoClient:
     return KlaviyoClient(api_key, base_url, limiter=limiter)
 
 
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 # -- one run at a time per export ------------------------------------------------------------------
 
 
@@ -154,16 +159,24 @@ def plan(run: dict) -> dict:
         mirror_share=mirror["max_removal_share"] if mirror else None,
         allow_mass_removal=bool(mirror and mirror.get("allow_mass_removal")),
     )
-    summary = plan_export(source, mapper, workspace, prefix, options)
-    if run.get("list_id") and not run.get("dry_run"):
+    if run.get("list_id") and not run.get("dry_run"):  # before the long read: a wrong key or URL fails at once
         asyncio.run(_check_list(run))
-    return summary
+    return plan_export(source, mapper, workspace, prefix, options)
 
 
 async def _check_list(run: dict) -> None:
-    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words."""
+    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words; a Klaviyo
+    that cannot be connected to at all (refused, no such host: a wrong URL, a proxy, no network) fails it
+    too, naming the URL, rather than going through every retry of the activity."""
     async with _client(run) as client:
-        await client.get_list(run["list_id"])
+        try:
+            await client.get_list(run["list_id"])
+        except KlaviyoUnavailable as exc:
+            if not isinstance(exc.__cause__, httpx.ConnectError):
+                raise
+            raise ExportError(
+                f"cannot connect to Klaviyo at {client.base_url} after {exc.attempts} attempts ({exc.detail})"
+            ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------
@@ -191,6 +204,7 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
         "submitted": sum(j["total"] for j in jobs),
         "rejected": len(record["rejected"]),
         "warnings": counts["warnings"],
+        "warnings_by_kind": counts["warnings_by_kind"],
         "subscribed": record["subscribed"],
         "not_consented": counts["not_consented"],
     }
@@ -202,7 +216,8 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     now = datetime.now(UTC)
     key_by_locator: dict[int, int] = {}
     consenting: list[tuple[int, SubscribeProfile]] = []
-    counts = {"warnings": 0, "not_consented": 0}
+    counts: dict = {"warnings": 0, "not_consented": 0, "warnings_by_kind": {}}
+    by_kind = counts["warnings_by_kind"]
 
     columnar: dict[str, ColumnarProfiles] = {}
     builder = BatchBuilder()
@@ -216,14 +231,20 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
             if built is not None:
                 made, sizes, ekeys, warnings = built
                 counts["warnings"] += warnings
+                if warnings:
+                    by_kind[PHONE_WARNING] = by_kind.get(PHONE_WARNING, 0) + warnings
                 locators = (chunk.chosen + chunk.first_gid).tolist()  # row ids: see PlanReader.where
                 key_by_locator.update(zip(locators, ekeys.tolist(), strict=True))
                 batches += builder.add_many(locators, made, sizes)
                 continue
         for locator, row, email in reader.iter_rows(source, chunk):
             profile, warning = mapper.profile_json(row, email)
+            if warning is not None:
+                by_kind[warning] = by_kind.get(warning, 0) + 1
             if subscribing:
                 consented, consented_at, consent_warning = mapper.consent_of(row, now)
+                if consent_warning is not None:
+                    by_kind[consent_warning] = by_kind.get(consent_warning, 0) + 1
                 warning = warning or consent_warning
                 if consented:
                     consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
@@ -373,6 +394,9 @@ def finish(run: dict, outcome: dict) -> dict:
             report.profiles_imported = sum(j["completed"] for j in jobs.values())
             pushes = outcome.get("pushes") or []
             report.warnings = sum(p.get("warnings", 0) for p in pushes)
+            for push_result in pushes:
+                for kind, count in (push_result.get("warnings_by_kind") or {}).items():
+                    report.warnings_by_kind[kind] = report.warnings_by_kind.get(kind, 0) + count
             report.profiles_subscribed = sum(p.get("subscribed", 0) for p in pushes)
             report.profiles_not_consented = sum(p.get("not_consented", 0) for p in pushes)
             report.profiles_removed = (outcome.get("removal") or {}).get("removed", 0)
@@ -380,6 +404,9 @@ def finish(run: dict, outcome: dict) -> dict:
         report.profiles_submitted = 0
     if report.status != "failed" and report.profiles_failed:
         report.status = "partially_succeeded"
+    if problems := report.count_problems():  # a report never contradicts itself: such a run fails, unsaved
+        report.status = "failed"
+        report.error = f"the run's counts do not add up ({'; '.join(problems)}); the sync state was not saved"
     reports.write_bytes(rejects_name, b"\n".join(line for line in lines if line) + b"\n")
     report.rejects_file = rejects_name
     if planned and report.status != "failed" and not report.dry_run:
@@ -388,7 +415,11 @@ def finish(run: dict, outcome: dict) -> dict:
         workspace, _ = _workspace(run)
         turns.end_turn(workspace, run["export"], run["run_id"], outcome["source_time"], report.status != "failed")
     if superseded_by:
-        report.error = f"a newer export of '{run['export']}' already ran ({superseded_by}); nothing was sent"
+        report.error = f"superseded by run {superseded_by}, which ran a newer write of the same source"
+        newer, own = outcome.get("superseded_source_time"), outcome.get("source_time")
+        if newer is not None and own is not None:
+            report.error += f" (written {_utc(newer)}; this run's source was written {_utc(own)})"
+        report.error += "; nothing was sent"
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:

@@ -66,6 +66,9 @@ def email_key(email: str) -> int:
     return xxhash.xxh3_64_intdigest(email)
 
 
+PHONE_WARNING = "phone numbers not E.164, left out of the profile"
+
+
 @dataclass
 class ProfileMapper:
     """Compiled from the export's columns, email field and mappings (source column -> Klaviyo attribute)."""
@@ -151,7 +154,7 @@ class ProfileMapper:
                 if phone:
                     attrs["phone_number"] = phone
                 else:
-                    warning = "phone number is not E.164; left out of the profile"
+                    warning = PHONE_WARNING
         if self.location:
             loc = {key: row[i].strip() for i, key in self.location if row[i].strip()}
             if loc:
