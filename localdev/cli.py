@@ -213,11 +213,12 @@ def _configure_logging(debug: bool) -> None:
 
 
 class _Progress:
-    """A live bar on a terminal; otherwise plain lines, one per phase and at most one every few seconds."""
+    """A live bar on a terminal. Otherwise plain `progress:` lines once the run has taken a few seconds (a
+    quick run prints none): one per new phase, and at most one every few seconds."""
 
     def __init__(self) -> None:
         self.bar = None
-        self.last_line = 0.0
+        self.last_line = time.monotonic()
         self.last_phase = None
         if sys.stderr.isatty():
             from rich.progress import Progress
@@ -238,9 +239,9 @@ class _Progress:
             )
             return
         now = time.monotonic()
-        if phase != self.last_phase or now - self.last_line >= PROGRESS_EVERY_S:
+        if now - self.last_line >= PROGRESS_EVERY_S or (phase != self.last_phase and self.last_phase is not None):
             self.last_phase, self.last_line = phase, now
-            print(label, file=sys.stderr, flush=True)
+            print(f"progress: {label}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:

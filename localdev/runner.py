@@ -129,7 +129,7 @@ def _open_source(store_desc: dict, name: str, root_parts: list[str], args, setti
     except SourceError as exc:
         if str(exc).endswith("; name one") or "not in model.json" in str(exc):
             raise UsageError(f"{exc} (use --entity)") from None
-        raise
+        return store, None  # the run fails on it in planning, with a report of the failure
 
 
 # -- Klaviyo ---------------------------------------------------------------------------------------
@@ -241,9 +241,10 @@ def run_export(args, on_progress=None, argv: list[str] | None = None) -> dict:
     fields = dict(item.split("=", 1) for item in args.field)
     settings = AppSettings(JOB_POLL_INTERVAL_S=1)
     source_store, source = _open_source(store_desc, name, root_parts, args, settings)
-    _check_against_source(args, source)
+    if source is not None:
+        _check_against_source(args, source)
     location = source_store.describe(name)
-    label = args.entity or (Path(name).stem if kind == "csv" else source.entity)
+    label = args.entity or (Path(name).stem if kind == "csv" or source is None else source.entity)
     cfg = ExportConfig(
         name=export_name(location, args.list_id, args.entity, label),
         connection=LOCAL_CONNECTION,
