@@ -271,7 +271,7 @@ def summary_lines(report: dict) -> list[str]:
         head += f", {n('profiles_imported')} imported, {n('profiles_failed')} failed"
     lines = [f"{head} in {report.get('duration_s') or 0:.2f} s"]
     if report["status"] == "superseded":
-        lines.append(f"  superseded: {report.get('error')}")
+        lines.append(f"  {report.get('error') or 'superseded by a newer write of the same source'}")
     mode = report.get("mode", "upsert")
     if mode == "mirror" and not report.get("dry_run") and report["status"] != "failed":
         lines.append(f"  mirror: {n('profiles_removed')} removed from the list (they left the segment)")
@@ -304,6 +304,8 @@ def summary_lines(report: dict) -> list[str]:
 def _failure_line(exc: BaseException, args) -> str:
     """One line for what ended the command; a Klaviyo that cannot be reached says where and what to check."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith("mirror run refused") and not args.allow_mass_removal:
+        text += " (--allow-mass-removal)"
     if text.startswith("cannot connect to Klaviyo at"):
         where = "--klaviyo-url" if args.klaviyo_url else "the network (no --klaviyo-url: Klaviyo itself)"
         text += f"; check {where}, a proxy (HTTPS_PROXY, NO_PROXY) and that KLAVIYO_API_KEY is meant for it"

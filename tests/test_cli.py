@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from localdev.cli import build_parser
+from localdev.cli import build_parser, summary_lines
 from localdev.sample import email_for, write_ci_export
 from localdev.services import free_port, run_emulator
 from shared.platform.storage import LocalStore
@@ -321,3 +321,18 @@ def test_help_describes_every_option_and_its_default_for_every_subcommand():
                 assert "default" in action.help or "required" in action.help, (
                     f"{name} {action.option_strings[0]} does not say its default"
                 )
+
+
+def test_the_summary_says_what_each_mode_did():
+    base = {"rows_read": 10, "rows_rejected": 1, "duplicate_rows": 0, "profiles_unchanged": 2, "duration_s": 1.0}
+    mirror = {**base, "status": "succeeded", "mode": "mirror", "profiles_submitted": 7, "profiles_imported": 7}
+    assert "  mirror: 3 removed from the list (they left the segment)" in summary_lines(
+        {**mirror, "profiles_removed": 3}
+    )
+    subscribe = {**mirror, "mode": "subscribe", "profiles_subscribed": 4, "profiles_not_consented": 3}
+    subscribe["warnings_by_kind"] = {"consented-at is in the future; subscribed without it": 2}
+    lines = summary_lines(subscribe)
+    assert "  subscribe: 4 subscribed to email marketing, 3 not consented (added to the list only)" in lines
+    assert "  warning: 2 consented-at is in the future; subscribed without it" in lines
+    superseded = {**base, "status": "superseded", "profiles_submitted": 0, "error": "superseded by run x.1"}
+    assert summary_lines(superseded)[1] == "  superseded by run x.1"
