@@ -308,6 +308,12 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def _flag_for(field: str | None) -> str:
+    """The flag that sets a configuration field (e.g. field_mappings.FirstName -> --field)."""
+    field = field or ""
+    return FLAGS.get(field) or FLAGS.get(field.split(".", 1)[0]) or field or "value"
+
+
 def _failure_line(exc: BaseException, args) -> str:
     """One line for what ended the command; a Klaviyo that cannot be reached says where and what to check."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -346,9 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         if args.debug:
             raise
-        problems = "; ".join(
-            f"{FLAGS.get(e['field'] or '', e['field'] or 'value')}: {e['message']}" for e in validation_errors(exc)
-        )
+        problems = "; ".join(f"{_flag_for(e['field'])}: {e['message']}" for e in validation_errors(exc))
         print(f"error: invalid options: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -227,6 +227,8 @@ BAD = {
     ),
     "two exports below the folder": (lambda t: ["--two"], "2 exports below"),
     "negative max profiles": (lambda t: ["--max-profiles", "0"], "--max-profiles"),
+    "not a list id": (lambda t: ["--list-id", "bad list!"], "--list-id: must be a Klaviyo list id"),
+    "not an attribute": (lambda t: ["--field", "FirstName=nonsense"], "--field: 'nonsense' is not a Klaviyo"),
 }
 
 
@@ -281,7 +283,9 @@ def test_sample_prints_a_command_that_runs_on_the_container_root_twice_with_the_
     assert one["list_id"] == two["list_id"] == one["klaviyo_emulator"]["list_id"]
     assert "0 sent, 2,000 unchanged" in second.stderr
     assert "Klaviyo emulator, not Klaviyo" in second.stderr
-    assert (tmp_path / ".localdev" / "runs" / "emulator").is_dir()
+    # The emulator's lists and profiles are kept: an emulator started on its data file has the list's members.
+    with run_emulator(EMULATOR_KEY, "--data", str(tmp_path / ".localdev" / "runs" / "emulator" / "data.pickle")) as url:
+        assert list_emails(url, one["list_id"]) == {email_for(i) for i in range(2_000)}
 
 
 def test_json_prints_the_report_on_stdout_and_the_summary_on_stderr(tmp_path, emulator_url):
