@@ -83,6 +83,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def parse_notify(url: str | None, on: str) -> dict | None:
+    """--notify-url/--notify-on as the export configuration's `notify` ("rejects_over=0.05" sets the share)."""
+    if not url:
+        return None
+    events, share = [], None
+    for item in (part.strip() for part in on.split(",")):
+        name, sep, value = item.partition("=")
+        if name == "rejects_over":
+            try:
+                share = float(value) if sep else None
+            except ValueError:
+                raise ExportError(f"--notify-on: rejects_over wants a share such as 0.05, got {value!r}") from None
+            if share is None:
+                raise ExportError("--notify-on: rejects_over wants a share, e.g. rejects_over=0.05")
+        if item:
+            events.append(name)
+    return {"webhook_url": url, "on": events, "rejects_over": share}
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug goes before or after the subcommand: the subcommands' copy leaves the default to the main one.
     debug = _Parser(add_help=False)
@@ -149,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
     ex.add_argument("--delimiter", type=_delimiter, default=",", help="delimiter of a plain CSV source ('tab' for tab)")
+    ex.add_argument(
+        "--notify-url", help="a webhook to POST the run's outcome to (https, or http to loopback); default: none"
+    )
+    ex.add_argument(
+        "--notify-on",
+        default="failed,partially_succeeded",
+        metavar="LIST",
+        help="when to notify: failed, partially_succeeded, succeeded, superseded, rejects_over=SHARE (comma list)",
+    )
 
     sample = sub.add_parser(
         "sample",
@@ -289,9 +317,13 @@ def summary_lines(report: dict) -> list[str]:
             f"  subscribe: {n('profiles_subscribed')} subscribed to email marketing, "
             f"{n('profiles_not_consented')} not consented (added to the list only)"
         )
-    kinds = report.get("warnings_by_kind") or ({"warnings": report["warnings"]} if report.get("warnings") else {})
+    kinds = report.get("warning_kinds") or ({"warnings": report["warnings"]} if report.get("warnings") else {})
     for kind, count in kinds.items():
         lines.append(f"  warning: {count:,} {kind}")
+    notified = report.get("notification")
+    if notified:
+        outcome = "delivered" if notified.get("delivered") else f"not delivered ({notified.get('error')})"
+        lines.append(f"  notification to {notified.get('url')}: {outcome}")
     for item in report.get("rejects_sample", [])[:5]:
         lines.append(f"  rejected {item['partition']} row {item['row']}: {item['reason']}")
     for item in report.get("failures_sample", [])[:5]:

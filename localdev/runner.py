@@ -232,6 +232,7 @@ def _note_other_runs(history, workdir: Path, others: list[str]) -> None:
 
 
 def run_export(args, on_progress=None, argv: list[str] | None = None) -> dict:
+    from localdev.cli import parse_notify
     from localdev.durable.driver import TERMINAL, LocalDurableDriver, RuntimeStatus
     from localdev.durable.store import LocalFolderHistoryStore
 
@@ -271,6 +272,7 @@ def run_export(args, on_progress=None, argv: list[str] | None = None) -> dict:
             else None
         ),
         mirror={"max_removal_share": args.max_removal_share} if args.mode == "mirror" else None,
+        notify=parse_notify(getattr(args, "notify_url", None), getattr(args, "notify_on", "")),
     )
     # From the command line the user runs with their own key: their running it is the acceptance.
     conn = Connection(
@@ -305,6 +307,7 @@ def run_export(args, on_progress=None, argv: list[str] | None = None) -> dict:
             reports_store=local_store(str(workdir / "reports")),
             klaviyo_base_url=base_url,
             allow_mass_removal=args.allow_mass_removal,
+            trigger="cli",
         )
         import function_app
 

@@ -334,7 +334,7 @@ def test_the_summary_says_what_each_mode_did():
         {**mirror, "profiles_removed": 3}
     )
     subscribe = {**mirror, "mode": "subscribe", "profiles_subscribed": 4, "profiles_not_consented": 3}
-    subscribe["warnings_by_kind"] = {"consented-at is in the future; subscribed without it": 2}
+    subscribe["warning_kinds"] = {"consented-at is in the future; subscribed without it": 2}
     lines = summary_lines(subscribe)
     assert "  subscribe: 4 subscribed to email marketing, 3 not consented (added to the list only)" in lines
     assert "  warning: 2 consented-at is in the future; subscribed without it" in lines

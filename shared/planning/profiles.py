@@ -19,6 +19,7 @@ from shared.platform.errors import ConfigError
 
 # Klaviyo's 100 KB per profile, as the client counts it (FlushPolicy.max_profile_bytes, kept equal by a test)
 MAX_PROFILE_BYTES = 100_000
+PHONE_WARNING = "phone number is not E.164; left out of the profile"
 
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -64,9 +65,6 @@ def normalise_phone(raw: str) -> str | None:
 def email_key(email: str) -> int:
     """64-bit key of a normalised email: sync state and de-duplication work on these."""
     return xxhash.xxh3_64_intdigest(email)
-
-
-PHONE_WARNING = "phone numbers not E.164, left out of the profile"
 
 
 @dataclass
