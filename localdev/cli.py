@@ -321,9 +321,8 @@ def summary_lines(report: dict) -> list[str]:
     for kind, count in kinds.items():
         lines.append(f"  warning: {count:,} {kind}")
     notified = report.get("notification")
-    if notified:
-        outcome = "delivered" if notified.get("delivered") else f"not delivered ({notified.get('error')})"
-        lines.append(f"  notification to {notified.get('url')}: {outcome}")
+    if notified and notified.get("delivered"):  # one that was not is a warning on stderr (see _export)
+        lines.append(f"  notification delivered to {notified.get('url')}")
     for item in report.get("rejects_sample", [])[:5]:
         lines.append(f"  rejected {item['partition']} row {item['row']}: {item['reason']}")
     for item in report.get("failures_sample", [])[:5]:
@@ -433,6 +432,13 @@ def _export(args, argv: list[str]) -> int:
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
         sys.stdout.flush()
+    notified = report.get("notification")
+    if notified and not notified.get("delivered"):
+        print(
+            f"warning: notification to {notified.get('url')} not delivered after {notified.get('attempts')} "
+            f"attempts ({notified.get('error')}); the run's status is unchanged",
+            file=sys.stderr,
+        )
     if report["status"] not in ("succeeded", "partially_succeeded", "superseded"):
         print(f"error: {_failure_line(report.get('error') or 'the run failed', args)}", file=sys.stderr)
         return 1
