@@ -71,6 +71,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
     """Every option with its default (options without one say so in their help); descriptions as written."""
 
     def _get_help_string(self, action):
+        if action.default is False and action.help and "default" not in action.help:
+            return f"{action.help} (default: off)"
         if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the log (Klaviyo retries, activities) and tracebacks on stderr (default: off)",
     )
     parser = _Parser(prog="python -m localdev", description=__doc__, formatter_class=_Help)
-    parser.add_argument("--debug", action="store_true", help="show the log and tracebacks on stderr (default: off)")
+    parser.add_argument("--debug", action="store_true", help="show the log and tracebacks on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser(

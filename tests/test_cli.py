@@ -319,9 +319,11 @@ def test_help_describes_every_option_and_its_default_for_every_subcommand():
             if action.dest in ("help", "debug") or not action.option_strings:
                 continue
             assert action.help, f"{name} {action.option_strings[0]} has no help"
-            if action.default not in (None, False, []):
+            if action.default is False:  # a switch
+                assert f"{' '.join(action.help.split())} (default: off)" in text, f"{name} {action.option_strings[0]}"
+            elif action.default not in (None, []):
                 assert f"(default: {action.default})" in text, f"{name} {action.option_strings[0]}"
-            elif action.const is not True:  # a switch is off unless given
+            else:
                 assert "default" in action.help or "required" in action.help, (
                     f"{name} {action.option_strings[0]} does not say its default"
                 )
