@@ -197,14 +197,30 @@ def _command_file(workdir: Path, export: str) -> Path:
     return workdir / "commands" / f"{export}.json"
 
 
+def _shareable(argv: list[str]) -> list[str]:
+    """The command as it may be written down and shown: a webhook URL (its token is a secret) replaced by a
+    placeholder, and the query of any URL (a SAS token) dropped."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--notify-url":
+            arg = "WEBHOOK_URL"
+        elif arg.startswith("--notify-url="):
+            arg = "--notify-url=WEBHOOK_URL"
+        elif arg.startswith(("http://", "https://")) and "?" in arg:
+            arg = arg.split("?", 1)[0]
+        out.append(arg)
+    return out
+
+
 def _record_command(workdir: Path, export: str, argv: list[str]) -> None:
     path = _command_file(workdir, export)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps({"cwd": os.getcwd(), "argv": argv}))
+    path.write_bytes(orjson.dumps({"cwd": os.getcwd(), "argv": _shareable(argv)}))
 
 
 def resume_command(workdir: Path, export: str) -> str:
-    """The command that (re)runs an export, as its last command was given (key and environment aside)."""
+    """The command that (re)runs an export, as its last command was given (key and environment aside; a
+    webhook URL shows as WEBHOOK_URL)."""
     path = _command_file(workdir, export)
     if not path.exists():
         return f"(no command recorded for export {export})"

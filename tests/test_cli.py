@@ -342,3 +342,16 @@ def test_the_summary_says_what_each_mode_did():
     assert "  warning: 2 consented-at is in the future; subscribed without it" in lines
     superseded = {**base, "status": "superseded", "profiles_submitted": 0, "error": "superseded by run x.1"}
     assert summary_lines(superseded)[1] == "  superseded by run x.1"
+
+
+def test_a_recorded_command_never_holds_a_webhook_url_or_a_sas_token():
+    from localdev.runner import _shareable
+
+    argv = [
+        "export", "https://acct.blob.core.windows.net/segments/x/model.json?sv=2024&sig=SECRET", "--list-id", "L",
+        "--notify-url", "https://hooks.slack.com/services/T/B/SECRET", "--notify-url=https://h.example/SECRET",
+    ]  # fmt: skip
+    shown = _shareable(argv)
+    assert "SECRET" not in " ".join(shown)
+    assert shown[1] == "https://acct.blob.core.windows.net/segments/x/model.json"
+    assert shown[4:] == ["--notify-url", "WEBHOOK_URL", "--notify-url=WEBHOOK_URL"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,7 +240,9 @@ def take_lease(
             if on_wait is not None:
                 on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        me = f"process {os.getpid()} ({' '.join(sys.argv)[:300]})".encode()
+        # Who holds it, for the waiting side: the pid and when (never the command line: it may hold a URL
+        # with a token in it).
+        me = f"process {os.getpid()} (since {time.strftime('%H:%M:%S')})".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, me, 0)
     except BaseException:
