@@ -355,3 +355,12 @@ def test_a_recorded_command_never_holds_a_webhook_url_or_a_sas_token():
     assert "SECRET" not in " ".join(shown)
     assert shown[1] == "https://acct.blob.core.windows.net/segments/x/model.json"
     assert shown[4:] == ["--notify-url", "WEBHOOK_URL", "--notify-url=WEBHOOK_URL"]
+
+
+def test_the_suite_s_report_check_flags_counts_that_contradict_each_other():
+    from tests.fixtures.reports import _problems_of
+
+    body = {"export": "e", "run_id": "e.1", "status": "partially_succeeded", "rows_read": 282_020}
+    body |= {"profiles_submitted": 282_020, "profiles_imported": 282_020, "profiles_failed": 92_020}
+    assert _problems_of(body, "r.json") == ["r.json: imported 282,020 + failed 92,020 > submitted 282,020"]
+    assert _problems_of({**body, "profiles_imported": 190_000}, "r.json") == []
