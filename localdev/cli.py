@@ -32,6 +32,8 @@ FLAGS = {
     "subscribe.consent_values": "--consent-values",
     "subscribe.consented_at_field": "--consented-at-field",
     "mirror.max_removal_share": "--max-removal-share",
+    "max_reject_share": "--max-reject-share",
+    "notify": "--notify-url",
     "source.delimiter": "--delimiter",
     "source.entity": "--entity",
 }
@@ -169,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-removal-share", type=_share, default=0.30, help="mirror mode: refuse removing more of the list"
     )
     ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
+    ex.add_argument(
+        "--max-reject-share",
+        type=_share,
+        help="fail before sending when more rows than this share of the rows read are rejected; default: 0.2 "
+        "(the export's max_reject_share)",
+    )
     ex.add_argument("--delimiter", type=_delimiter, default=",", help="delimiter of a plain CSV source ('tab' for tab)")
     ex.add_argument(
         "--notify-url", help="a webhook to POST the run's outcome to (https, or http to loopback); default: none"
@@ -443,5 +451,5 @@ def _export(args, argv: list[str]) -> int:
         )
     if report["status"] not in ("succeeded", "partially_succeeded", "superseded"):
         print(f"error: {_failure_line(report.get('error') or 'the run failed', args)}", file=sys.stderr)
-        return 1
+        return 2 if report.get("bad_source") else 1  # a source that cannot be read: exit 2, as before the run
     return 0
