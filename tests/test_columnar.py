@@ -84,22 +84,33 @@ def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "arrow_takes_it"),
     [
-        q("9", "bad@", "x"),  # an invalid email
-        q("9", "K\u212a@example.com", "x"),  # a Kelvin sign lower-cases to an ASCII k in Python
-        q("9", "a@example.com"),  # a short row
-        "",  # a blank line: a record that is not a row
-        q("9", "a@example.com", "x" * 120_000),  # a profile over 100 KB
-        q("9", "\u00e9@example.com", "x"),  # a non-ASCII email
-        q("9", "a@example.com\n", "x"),  # a line break inside the email field
+        (q("9", "bad@", "x"), True),  # an invalid email
+        (q("9", "  ", "x"), True),  # a missing email
+        (q("9", "K\u212a@example.com", "x"), True),  # a Kelvin sign lower-cases to an ASCII k in Python
+        (q("9", "a@example.com"), True),  # a short row
+        (q("9", "a@example.com", "x", "y"), True),  # a long row
+        ("", False),  # a blank line: a record that is not a row (Arrow reads it as a row of empty fields)
+        (q("9", "a@example.com", "x" * 120_000), False),  # a profile over 100 KB
+        (q("9", "\u00e9@example.com", "x"), True),  # a non-ASCII email
+        (q("9", "a@example.com\n", "x"), True),  # a line break inside the email field
+        (q("9", "\u00a0a@example.com\x0b", "x"), True),  # white space str.strip() strips
+        (q("9", 'a""b@example.com', "x"), True),  # a quote in the email
     ],
 )
-def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, bad, plan_path):
+def test_a_bad_row_is_decided_in_place_and_its_block_stays_on_the_fast_path(
+    tmp_path, monkeypatch, bad, arrow_takes_it, plan_path
+):
+    """The row is rejected (or taken) with the row path's reason and row number, and the block it is in is
+    still read by the kernels (which leave at most that one record to the row path) or by Arrow."""
     lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(30)]
     lines.insert(17, bad)
     taken = _same_both_ways(tmp_path, {"a.csv": ("\r\n".join(lines) + "\r\n").encode()}, 200, monkeypatch)
-    assert set(taken) == {True, False}  # both paths ran: the bad row's block went row by row, clean ones column-wise
+    if plan_path == "kernels" or arrow_takes_it:
+        assert taken and all(taken)
+    else:
+        assert set(taken) == {True, False}  # that block went row by row, the others column-wise
 
 
 def test_a_field_over_the_csv_modules_default_limit_is_read_on_every_path(tmp_path, monkeypatch, plan_path):
@@ -108,17 +119,36 @@ def test_a_field_over_the_csv_modules_default_limit_is_read_on_every_path(tmp_pa
     lines = [q(str(i), f"p{i}@example.com", "N") for i in range(30)]
     lines[3] = q("3", "long@example.com", "x" * 200_000)  # FirstName is mapped: this profile is over 100 KB
     lines[7] = q("n" * 200_000, "p7@example.com", "N")  # an unmapped column: fine
-    lines[20] = q("20", "not an email", "N")  # sends its block down the row path
+    lines[20] = q("20", "not an email", "N")
     taken = _same_both_ways(tmp_path, {"a.csv": "\n".join(lines).encode()}, 1_000_000, monkeypatch)
-    assert not all(taken)  # the long rows were read row by row (before, the csv module failed the run there)
+    # The long rows were read row by row (before, the csv module failed the run there): by the kernels one
+    # record at a time, by Arrow with their blocks.
+    assert all(taken) == (plan_path == "kernels")
 
 
-def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch, plan_path):
+def test_bad_utf8_is_rejected_in_place_by_the_kernels(tmp_path, monkeypatch, plan_path):
     lines = [q(str(i), f"p{i}@example.com", f"N{i}").encode() for i in range(20)]
     lines.insert(5, b'"5","x@example.com","Ev\xff"')  # in a mapped field
     lines.insert(12, b'"5\xff","y@example.com","Ev"')  # in a field that is not mapped: rejected all the same
+    lines.insert(15, b'"5","z@example.com","\xed\xa0\x80 \xc0\xaf"')  # a surrogate, an overlong form
     taken = _same_both_ways(tmp_path, {"a.csv": b"\n".join(lines)}, 120, monkeypatch)
-    assert set(taken) == {True, False}  # both paths ran: blocks with bad bytes went row by row, clean ones column-wise
+    if plan_path == "kernels":
+        assert all(taken)
+    else:  # without the kernels, blocks with bad bytes go row by row, clean ones column-wise
+        assert set(taken) == {True, False}
+
+
+def test_what_the_kernels_cannot_frame_goes_to_the_row_path_record_by_record(tmp_path, monkeypatch, plan_path):
+    """A quote inside a plain field, text after a closing quote, a bare carriage return: the csv module
+    reads those records (and finds where they end); the kernels read the rest of the block."""
+    lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(40)]
+    lines[3] = '3,p3@example.com,N"3'
+    lines[9] = '"9"x,p9@example.com,N9'
+    lines[20] = "20,p20@example.com,N\r20"
+    lines[30] = '30,"p30@example.com,N30'  # an unbalanced quote: it runs on to the next quote
+    taken = _same_both_ways(tmp_path, {"a.csv": "\n".join(lines).encode()}, 1_000_000, monkeypatch)
+    if plan_path == "kernels":
+        assert taken and all(taken)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,16 @@ import xxhash
 
 from shared.planning import native
 from shared.planning.columnar import ColumnarReader, lines_of
+from shared.planning.native import (
+    ROW_BAD_BYTES,
+    ROW_BLANK,
+    ROW_DEFER,
+    ROW_INVALID_EMAIL,
+    ROW_MISSING_EMAIL,
+    ROW_OK,
+    ROW_WIDTH,
+    PlanRead,
+)
 from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
 from shared.planning.units import rows_of
 from shared.platform.errors import ExportError
@@ -121,9 +131,13 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                 chunks.append(chunk)
             base = next_gid
             fast = columnar.read(piece)
-            if fast is not None:  # every record of the block is well-formed with a valid email
-                records = rows_read_here = fast.rows
-                spill.add(np.arange(base, base + records, dtype=np.uint64), fast.ekeys, fast.ckeys, fast.emails)
+            if fast is not None:  # read by the C kernels or Arrow, row-level problems decided in place
+                records = len(fast.status)
+                if len(fast.emails) == records:  # every record well-formed with a valid email
+                    rows_read_here = records
+                    spill.add(np.arange(base, base + records, dtype=np.uint64), fast.ekeys, fast.ckeys, fast.emails)
+                else:
+                    rows_read_here = _plan_read(fast, part, base, row_no, mapper, spill, rejects, content, xxh)
             else:
                 block = parse_block(offset, piece, row_no, part.fmt)
                 records = len(block.rows)
@@ -232,24 +246,74 @@ def _plan_rows(block: Block, part: Partition, base: int, mapper, spill, rejects,
         rows_read = 0
         gids, ekeys, ckeys, emails = [], [], [], []
         for offset, row in enumerate(rows):
-            if len(row) != width:
-                if row:  # a blank line is not a row
-                    rows_read += 1
-                    rejects.add(part, row_no + offset, f"expected {width} fields, found {len(row)}")
+            if not row:  # a blank line is not a row
                 continue
             rows_read += 1
-            email = row[email_index].strip().lower()
-            if not email_ok(email) or block.bad_utf8 or check_size:
-                problem = _row_problem(row, email, block.bad_utf8, check_size, part, mapper)
-                if problem:
-                    rejects.add(part, row_no + offset, problem)
-                    continue
+            problem, email = _row_decision(row, block.bad_utf8, check_size, part, mapper)
+            if problem:
+                rejects.add(part, row_no + offset, problem)
+                continue
             gids.append(base + offset)
             emails.append(email)
             ekeys.append(xxh(email))
             ckeys.append(xxh("\x1f".join(content(row))))
     if ekeys:
         spill.add(gids, ekeys, ckeys, pa.array(emails, pa.string()))
+    return rows_read
+
+
+def _row_decision(row: list[str], bad_utf8: bool, check_size: bool, part: Partition, mapper) -> tuple:
+    """(the reason a row is rejected, None) or (None, its normalised email): the row path's decision."""
+    if len(row) != mapper.width:
+        return f"expected {mapper.width} fields, found {len(row)}", None
+    email = row[mapper.email_index].strip().lower()
+    if not email_ok(email) or bad_utf8 or check_size:
+        problem = _row_problem(row, email, bad_utf8, check_size, part, mapper)
+        if problem:
+            return problem, None
+    return None, email
+
+
+def _plan_read(read: PlanRead, part: Partition, base: int, row_no: int, mapper, spill, rejects, content, xxh) -> int:
+    """A block the fast paths read with some rows that are not sent: each one rejected with the row path's
+    reason, and the few records they left to the row path decided by it; returns the rows read."""
+    status = read.status
+    reasons = {
+        ROW_BAD_BYTES: f"bytes that are not valid {part.fmt.encoding}",
+        ROW_MISSING_EMAIL: "missing email",
+        ROW_INVALID_EMAIL: "invalid email address",
+    }
+    rows_read = len(status) - int(np.count_nonzero(status == ROW_BLANK))
+    late: list[tuple[int, str, int, int]] = []  # rows the row path took: (record, email, key, fingerprint)
+    for r in np.flatnonzero((status != ROW_OK) & (status != ROW_BLANK)).tolist():
+        code = int(status[r])
+        if code == ROW_DEFER:
+            block = parse_block(0, read.deferred[r], row_no + r, part.fmt)
+            row = block.rows[0] if block.rows else []
+            if not row:  # a blank line after all
+                rows_read -= 1
+                continue
+            check_size = block.longest_record > PROFILE_SIZE_CHECK
+            problem, email = _row_decision(row, block.bad_utf8, check_size, part, mapper)
+            if problem is None:
+                late.append((r, email, xxh(email), xxh("\x1f".join(content(row)))))
+                continue
+        elif code == ROW_WIDTH:
+            problem = f"expected {mapper.width} fields, found {read.fields[r]}"
+        else:
+            problem = reasons[code]
+        rejects.add(part, row_no + r, problem)
+    records = np.flatnonzero(status == ROW_OK)
+    ekeys, ckeys, emails = read.ekeys, read.ckeys, read.emails
+    if late:  # merged in row order: the spill's de-duplication counts on it
+        records = np.concatenate([records, [r for r, _, _, _ in late]])
+        order = np.argsort(records, kind="stable")
+        records = records[order]
+        ekeys = np.concatenate([ekeys, np.array([k for _, _, k, _ in late], np.uint64)])[order]
+        ckeys = np.concatenate([ckeys, np.array([c for _, _, _, c in late], np.uint64)])[order]
+        emails = pa.concat_arrays([emails, pa.array([e for _, e, _, _ in late], pa.string())]).take(pa.array(order))
+    if len(records):
+        spill.add(records.astype(np.uint64) + np.uint64(base), ekeys, ckeys, emails)
     return rows_read
 
 
