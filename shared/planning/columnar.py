@@ -144,14 +144,13 @@ class ColumnarReader:
         self.skeleton_bytes = mapper.skeleton_bytes()
 
     def read(self, piece: bytes) -> PlanRead | None:
-        try:  # the row path rejects a row with bad bytes in any field, mapped or not
-            piece.decode("utf-8")
-            utf8 = True
-        except UnicodeDecodeError:
-            utf8 = False
-        if self.native is not None and (read := self.native.read(piece, check_utf8=not utf8)) is not None:
+        # The row path rejects a row with bad bytes in any field, mapped or not: the kernels check each
+        # record's bytes; Arrow takes only a block that is valid UTF-8 as a whole.
+        if self.native is not None and (read := self.native.read(piece, check_utf8=True)) is not None:
             return read
-        if not utf8:
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
             return None
         columns = self.csv.columns(piece)
         if columns is None:

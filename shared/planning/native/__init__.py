@@ -174,10 +174,15 @@ class NativePlanReader:
     def read(self, piece: bytes, check_utf8: bool = False) -> PlanRead | None:
         if not self.scanner.usable or not piece:
             return None
-        capacity = piece.count(b"\n") + 1
+        # Records of the right width have at least width - 1 delimiters; short ones and blank lines can make
+        # more records than that, and every record but the last ends at a \n.
+        capacity = len(piece) // max(1, self.width - 1) + 1
         parts, deferred, begin, done = [], {}, 0, 0
         while begin < len(piece):
             n = self.scanner.scan(piece, begin=begin, capacity=capacity)
+            if n is None and self.scanner.stats[2] == -2:
+                capacity = piece.count(b"\n", begin) + 1
+                n = self.scanner.scan(piece, begin=begin, capacity=capacity)
             unframed = n is None
             if unframed:
                 n, start = int(self.scanner.stats[1]), int(self.scanner.stats[2])

@@ -129,7 +129,8 @@ uint64_t xxh3_64(const uint8_t *in, size_t len) {
  * starts[record] = its first byte (starts[recorded] = the end of the last). stats[0] = the longest record.
  * Returns the records recorded, or -1 when the piece holds anything the grammar below leaves out; then
  * stats[1] = the records recorded before the one that failed and stats[2] = that record's first byte
- * (the caller can take those records, leave that one to the csv module and scan again after it):
+ * (the caller can take those records, leave that one to the csv module and scan again after it), or -1
+ * for a NUL byte, -2 when there are more than `capacity` records:
  *   record = [field *(delim field)] ("\n" / "\r\n" / end of piece);
  *   field  = quoted / plain, quoted = '"' *(any byte but '"' / '""') '"', followed by delim or a line end;
  *   plain  = *(any byte but delim, '"', "\r", "\n") (a quote is plain too when quoting is off).
@@ -147,7 +148,10 @@ long csv_scan(const uint8_t *p, long n, int delim, int quoting, int width, const
     while (i < n && (stop < 0 || rec < stop)) {
         long record_start = i;
         int keep = rec >= skip;
-        if (keep && kept >= capacity) return -1;
+        if (keep && kept >= capacity) {
+            stats[2] = -2; /* more records than the caller made room for */
+            return -1;
+        }
         if (keep) {
             starts[kept] = (int32_t)i;
             for (int k = 0; k < nslots; k++) {
@@ -347,6 +351,11 @@ static inline value_t strip(value_t v) {
 static int utf8_valid(const uint8_t *s, long n) {
     long i = 0;
     while (i < n) {
+        uint64_t word;
+        if (i + 8 <= n && (memcpy(&word, s + i, 8), (word & 0x8080808080808080ULL) == 0)) {
+            i += 8; /* eight ASCII bytes */
+            continue;
+        }
         uint8_t c = s[i];
         if (c < 0x80) {
             i++;
