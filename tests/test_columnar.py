@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +99,7 @@ def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatc
         (q("9", "\u00a0a@example.com\x0b", "x"), True),  # white space str.strip() strips
         (q("9", 'a""b@example.com', "x"), True),  # a quote in the email
     ],
+    ids=["invalid", "missing", "kelvin", "short", "long", "blank", "100KB", "non-ascii", "newline", "spaces", "quote"],
 )
 def test_a_bad_row_is_decided_in_place_and_its_block_stays_on_the_fast_path(
     tmp_path, monkeypatch, bad, arrow_takes_it, plan_path
@@ -289,6 +291,30 @@ def test_profiles_built_column_wise_are_byte_for_byte_the_row_paths():
     assert built is not None
     assert _plain(built) == _row_path(data, mapper, [0, 1, 2, 3])
     assert built[3] == 1  # "not a phone" is left out with a warning
+
+
+@pytest.mark.parametrize("native_first", [True, False])
+def test_a_chunk_with_rows_the_plan_rejected_builds_its_profiles_on_the_fast_path(native_first):
+    """Rows of another width, blank lines and bad emails are never sent: a push skips them, and the other
+    rows' profiles are built by the kernels or column-wise by Arrow, byte for byte the row path's."""
+    rows = [[str(i), f"p{i}@example.com", f"N{i}", "", "Köln", "", ""] for i in range(12)]
+    rows[2] = rows[2][:3]  # short
+    rows[5] = [*rows[5], "extra"]  # long
+    rows[7] = []  # a blank line
+    rows[9][1] = "not an email"
+    data = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    chosen = np.array([0, 1, 3, 4, 6, 8, 10, 11])
+    builder = ColumnarProfiles(CsvFormat(), mapper, native=native_first)
+    built = builder.build_chunk(data, len(rows), chosen)
+    assert built is not None
+    made, sizes, ekeys, warnings = built
+    expected, emails, expected_warnings = _row_path(data, mapper, chosen.tolist())
+    assert (made, warnings) == (expected, expected_warnings)
+    assert sizes.tolist() == [len(p) for p in made]
+    assert ekeys.tolist() == [xxhash.xxh3_64_intdigest(e) for e in emails]
+    # A row of another width is never one to send: asked for it, the chunk is not the planned one.
+    assert ColumnarProfiles(CsvFormat(), mapper, native=False).build(data, len(rows), np.array([2])) is None
 
 
 def test_control_characters_and_non_ascii_phones_go_row_by_row():

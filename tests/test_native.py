@@ -281,6 +281,10 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
     rows = [[str(i), f"P{i}@example.com", f"N{i}", f"+1425555{i:04d}", "Köln", "", f'"{i}"'] for i in range(900)]
     rows[5][1] = "not an email"
     rows[7][3] = "12"
+    rows[9][1] = "  "  # a missing email
+    rows[11] = rows[11][:4]  # a short row
+    rows[13] = []  # a blank line (not a row)
+    rows[15][1] = "\u00e9@example.com"  # a non-ASCII email
     lines = _csv_bytes(rows)
     source = load_cdm(store, write_cdm(store, PUSH_COLS, {"a.csv": lines, "b.csv": lines[:5000]}), ["exports"], None)
     mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
@@ -306,10 +310,11 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
         return out
 
     fast = jobs(True)
-    assert all(taken) and len(taken) > len(summary["units"])  # every chunk of every unit: the kernel
+    # Every chunk of every unit, those with rows the plan rejected too: the kernel
+    assert all(taken) and len(taken) > len(summary["units"])
     slow = jobs(False)
     assert fast == slow
-    assert sum(len(batch[1]) for unit in fast for batch in unit[0]) == summary["profiles_to_send"] == 899
+    assert sum(len(batch[1]) for unit in fast for batch in unit[0]) == summary["profiles_to_send"] == 895
     assert sum(unit[2]["warnings"] for unit in fast) == 1  # row 7's phone (partition b's copy wins)
 
 
