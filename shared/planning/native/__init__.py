@@ -3,8 +3,9 @@ and keyed and rows fingerprinted for the plan pass, profiles written as JSON for
 
 `make setup` builds the library (`make native`: a C compiler, nothing else). Where it is not built, the
 app runs as before on the Arrow path (shared/planning/columnar.py) and the row path: the same results, at about
-half the speed. The kernels take only what they are certain to read exactly as the csv module and
-ProfileMapper do, and return None for anything else, so those paths keep every edge case and reject reason.
+half the speed. The kernels decide only what they are certain to decide exactly as the csv module and
+ProfileMapper do: row-level problems with the row path's reasons; the few records they cannot be sure of
+go to the row path one by one, and None leaves a whole block to the other paths.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
  * fingerprinted (the plan pass), and profiles written as JSON (a push). Loaded with ctypes by
  * shared/planning/native/__init__.py; no Python API, so it builds with a plain C compiler.
  *
- * Every function takes only what it is certain to do exactly as the row-by-row path (the csv module,
- * ProfileMapper) does, and returns -1 for anything else: the caller then hands the block to the Arrow
- * path or the row path, which own every edge case and every reject reason. Tests compare the three.
+ * Every function does only what it is certain to do exactly as the row-by-row path (the csv module,
+ * ProfileMapper) does. Row-level problems (a wrong width, bad bytes, a missing or invalid email) are
+ * decided here with the row path's reasons; a record that only the row path can be sure of is marked
+ * for it, and what the scan cannot frame is reported with where it starts (the caller has the csv module
+ * read that record, and scans on after it). -1 leaves the whole block to the other paths. Tests compare
+ * the three.
  */
 #include <stddef.h>
 #include <stdint.h>
