@@ -8,6 +8,7 @@ import io
 import sys
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shared.planning.plan as plan_module
+from localdev.sample import write_ci_export
 from shared.planning import native
 from shared.planning.columnar import ColumnarProfiles, ColumnarReader
 from shared.planning.plan import PlanOptions, SyncState, plan_export
@@ -241,6 +243,57 @@ def test_both_paths_agree_on_any_input(tmp_path_factory, monkeypatch, rows, junk
         rows.insert(at, line)
     data = ending.join(rows).encode()
     _same_both_ways(tmp_path, {"a.csv": data, "b.csv": data[: len(data) // 2]}, block, monkeypatch)
+
+
+# Dirt a real export can carry besides what the realistic sample writes, as whole CSV lines (bytes).
+REAL_DIRT = [
+    b'"C1","\xff\xfe@example.com","A","B","+1","X","US","Gold"',  # bad bytes in the email
+    b'"C1","a@example.com","Ann\xc3","B","+1","X","US","Gold"',  # a cut UTF-8 sequence in a name
+    '"C1","K\u212aate@example.com","A","B","+1","X","US","Gold"'.encode(),  # a Kelvin sign: lower() makes it k
+    '"C1","\u00a0pad@example.com\u2003","A","B","+1","X","US","Gold"'.encode(),  # Unicode white space
+    b'C1,plain@example.com,Ann "the" B,B,+1,X,US,Gold',  # quotes in a plain field
+    b'"C1"x,after@example.com,A,B,+1,X,US,Gold',  # text after a closing quote
+    b"C1,bare@example.com,A,B,+1,X\rUS,Gold",  # a bare carriage return
+    b"",  # a blank line
+    b'"C1","short@example.com"',  # a short row
+    b'"C1","long@example.com","A","B","+1","X","US","Gold","extra"',  # a long row
+    b'"C1","big@example.com","' + b"x" * 120_000 + b'","B","+1","X","US","Gold"',  # a profile over 100 KB
+    b'"C1","' + b"a" * 250 + b'@example.com","A","B","+1","X","US","Gold"',  # an email over 254 characters
+]
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    rows=st.integers(200, 3_000),
+    dirt=st.lists(st.tuples(st.integers(0, 3_000), st.sampled_from(REAL_DIRT)), max_size=6),
+    block=st.sampled_from([512, 4_096, 65_536, 1 << 20]),
+)
+def test_realistic_blocks_give_every_row_the_same_outcome_on_every_path(
+    tmp_path_factory, monkeypatch, rows, dirt, block, plan_path
+):
+    """The realistic sample's rows (missing, invalid and repeated emails, a short row, BOM, CRLF, quoted line
+    breaks, Unicode, internationalised emails), with more dirt put in: each row sent, rejected (same reason,
+    same row number) or a duplicate alike on the kernels, on Arrow and row by row."""
+    tmp_path = tmp_path_factory.mktemp("real")
+    store = LocalStore(tmp_path / "sample")
+    model = write_ci_export(store, rows, partitions=1, realistic=True)
+    part = next(p for p in store.list() if p.endswith(".csv"))
+    lines = store.read_bytes(part).split(b"\r\n")
+    for at, line in dirt:
+        lines.insert(1 + at % len(lines), line)  # after the first line: the BOM stays first
+    data = b"\r\n".join(lines)
+    exports = LocalStore(tmp_path / "exports")
+    source = load_cdm(exports, write_cdm(exports, sample_columns(store, model), {"a.csv": data}), ["exports"], None)
+    fast = _plan(tmp_path, "fast", source, columnar=True, block=block, monkeypatch=monkeypatch)
+    slow = _plan(tmp_path, "slow", source, columnar=False, block=block, monkeypatch=monkeypatch)
+    assert fast[0] == slow[0]
+    for name in FILES:
+        assert fast[1][name] == slow[1][name], name
+    assert slow[0]["rows_rejected"] > 0 and slow[0]["duplicate_rows"] > 0
+
+
+def sample_columns(store: LocalStore, model: str) -> list[str]:
+    return [a["name"] for a in orjson.loads(store.read_bytes(model))["entities"][0]["attributes"]]
 
 
 # -- profiles built column-wise for a push ------------------------------------------------------------------
