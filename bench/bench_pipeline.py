@@ -28,9 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from localdev.sample import write_ci_export
+from bench.bench_plan import write_export
 from localdev.services import run_emulator
-from shared.platform.storage import LocalStore
 from shared.pushing.klaviyo.client import KlaviyoClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,14 +90,11 @@ def main() -> None:
                 realistic = sample == "realistic"
                 work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
                 try:
-                    store = LocalStore(work / "src")
-                    source = work / "src" / write_ci_export(store, args.rows, partitions=4, realistic=realistic)
+                    source = write_export(work / "src", args.rows, realistic=realistic)
                     list_id = new_list(url)
                     for scenario in args.scenarios.split(","):
                         if scenario == "changed":
-                            write_ci_export(
-                                store, args.rows, partitions=4, changed_every=100, version=1, realistic=realistic
-                            )
+                            write_export(work / "src", args.rows, changed_every=100, version=1, realistic=realistic)
                         throttled = emulator_429s(url)
                         result = run_cli(source, list_id, url, work)
                         result["answered_429"] = emulator_429s(url) - throttled  # Klaviyo's "slow down", as counted

@@ -24,10 +24,9 @@ import orjson
 from klaviyo_api import KlaviyoAPI
 
 from bench.bench_pipeline import KEY, new_list, run_cli
-from localdev.sample import write_ci_export
+from bench.bench_plan import write_export
 from localdev.services import run_emulator
 from shared.planning.profiles import email_ok
-from shared.platform.storage import LocalStore
 
 
 def sdk_baseline(model_path: Path, url: str, list_id: str) -> float:
@@ -89,9 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-vs-sdk-"))
     try:
-        source = (
-            work / "src" / write_ci_export(LocalStore(work / "src"), args.rows, partitions=4, realistic=args.realistic)
-        )
+        source = write_export(work / "src", args.rows, realistic=args.realistic)
         ratios = []
         with run_emulator(KEY, "--rate-limits", "off", "--job-latency", "0") as url:
             for i in range(args.runs):
