@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder", help="where to write it (created if missing)")
     sample.add_argument("--rows", type=int, default=100_000, help="profiles in the export")
     sample.add_argument("--partitions", type=int, default=4, help="CSV partition files")
+    sample.add_argument(
+        "--realistic",
+        action="store_true",
+        help="write the dirt real exports carry: ~2%% missing and ~1%% invalid emails, ~3%% repeats in other "
+        "case and padding, a short row, BOM, quoted line breaks, Unicode names (see README)",
+    )
 
     host = sub.add_parser(
         "host",
@@ -411,7 +417,7 @@ def _sample(args) -> int:
     from localdev.sample import DEFAULT_MAPPINGS, write_ci_export
     from shared.platform.storage import LocalStore
 
-    name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions)
+    name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions, realistic=args.realistic)
     model = Path(args.folder) / name
     print(model)
     python = Path(sys.executable)
