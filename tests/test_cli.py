@@ -320,7 +320,8 @@ def test_help_describes_every_option_and_its_default_for_every_subcommand():
                 continue
             assert action.help, f"{name} {action.option_strings[0]} has no help"
             if action.default is False:  # a switch
-                assert f"{' '.join(action.help.split())} (default: off)" in text, f"{name} {action.option_strings[0]}"
+                shown = " ".join(action.help.replace("%%", "%").split())
+                assert f"{shown} (default: off)" in text, f"{name} {action.option_strings[0]}"
             elif action.default not in (None, []):
                 assert f"(default: {action.default})" in text, f"{name} {action.option_strings[0]}"
             else:
