@@ -260,7 +260,14 @@ def _configure_logging(debug: bool) -> None:
         for noisy in ("azure.core.pipeline.policies.http_logging_policy", "urllib3", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     else:
+        # the engine's own warnings (a stale kernels library, a shared budget out of reach, a webhook not
+        # delivered) still reach the user, one line each; libraries and retries stay quiet
         logging.basicConfig(level=logging.CRITICAL + 1, handlers=[logging.NullHandler()])
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        engine = logging.getLogger("shared")
+        engine.setLevel(logging.WARNING)
+        engine.addHandler(handler)
 
 
 class _Progress:

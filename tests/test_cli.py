@@ -365,3 +365,16 @@ def test_the_suite_s_report_check_flags_counts_that_contradict_each_other():
     body |= {"profiles_submitted": 282_020, "profiles_imported": 282_020, "profiles_failed": 92_020}
     assert _problems_of(body, "r.json") == ["r.json: imported 282,020 + failed 92,020 > submitted 282,020"]
     assert _problems_of({**body, "profiles_imported": 190_000}, "r.json") == []
+
+
+def test_the_engine_s_own_warnings_reach_the_user_without_debug(tmp_path, emulator_url):
+    """Quiet by default is for retries and libraries: a webhook that could not be told is the user's business."""
+    source = _export(tmp_path, "src", 50)
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    args = ["--list-id", new_list(emulator_url), "--email-field", "Email", "--klaviyo-url", emulator_url]
+    work = ["--workdir", str(tmp_path / "work"), "--state", str(tmp_path / "state")]
+    proc = localdev("export", source, *args, *work, "--notify-url", dead, "--notify-on", "succeeded")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: run ")]
+    assert len(warnings) == 1 and "notification to http://127.0.0.1" in warnings[0], proc.stderr
+    assert "Traceback" not in proc.stderr
