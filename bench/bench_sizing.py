@@ -1,7 +1,7 @@
 """Sizing: the peak memory of one plan activity, one push activity and a worker running a wave of pushes,
 from which host.json's durable concurrency and the Flex instance memory are set (docs/OPERATIONS.md).
 
-    .venv/bin/python -m bench.bench_sizing [--rows 1000000 5000000] [--wave 8] [--plans 4]
+    .venv/bin/python -m bench.bench_sizing [--rows 1000000 5000000] [--wave 8] [--plans 4] [--realistic]
 
 Each measurement is a fresh process that imports the whole Functions app (as the Python worker does) and
 calls the activity functions of functions/activities.py on a run built by shared.runs.build_run, local
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--wave", type=int, default=8)
     parser.add_argument("--plans", type=int, default=0, help="also plan this many exports at once in one worker")
+    parser.add_argument("--realistic", action="store_true", help="the realistic sample (localdev sample --realistic)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,14 +145,15 @@ def main() -> None:
 
     with run_emulator(KEY, "--rate-limits", "off", "--job-latency", "0") as url:
         for rows in args.rows:
-            model = export_for(rows)
+            model = export_for(rows, realistic=args.realistic)
             with tempfile.TemporaryDirectory(prefix="sizing-") as tmp:
                 run_file = Path(tmp) / "run.json"
                 run_file.write_text(json.dumps(make_run(model, Path(tmp), url, asyncio.run(new_list(url)))))
                 steps = [("plan", 1), ("push", 1), ("wave", args.wave), ("finish", 1)]
                 steps += [("plans", args.plans)] if args.plans else []
                 for kind, count in steps:
-                    print(json.dumps({"rows": rows, **measure(kind, run_file, count)}), flush=True)
+                    sample = "realistic" if args.realistic else "clean"
+                    print(json.dumps({"rows": rows, "sample": sample, **measure(kind, run_file, count)}), flush=True)
 
 
 if __name__ == "__main__":
