@@ -255,30 +255,40 @@ async def account_limiter(base_url: str, api_key: str, store: ObjectStore | None
 
 
 async def account_of(base_url: str, api_key: str, store: ObjectStore | None) -> str:
-    from shared.platform.errors import SourceError
-
     from .client import KlaviyoClient
 
     ident = key_ident(base_url, api_key)
     if (account := _ACCOUNTS.get(ident)) is not None:
         return account
     name = f"{BUDGET_PREFIX}keys/{ident}.json"
-    if store is not None:
-        try:
-            account = orjson.loads(store.read_bytes(name))["account"]
-        except SourceError:
-            pass  # not asked yet
-        except Exception as exc:  # storage down or a damaged record: ask Klaviyo
-            log.warning(
-                "cannot read the Klaviyo account of a key from storage (%s); asking Klaviyo", type(exc).__name__
-            )
-    if account is None:
-        async with KlaviyoClient(api_key, base_url, limiter=_limiter(base_url, UNKNOWN_ACCOUNT, store)) as client:
-            account = str((await client.check_key())["id"])
-        if store is not None:
-            try:
-                store.write_bytes(name, orjson.dumps({"account": account}))
-            except Exception as exc:
-                log.warning("cannot keep the Klaviyo account of a key in storage (%s)", type(exc).__name__)
+    if (account := _stored_account(store, name)) is None:
+        # Processes that start together all miss: they queue on the shared budget of this call (Klaviyo's
+        # XS tier, one a second), and whoever's turn comes after the first answer reads it instead of asking.
+        limiter = _limiter(base_url, UNKNOWN_ACCOUNT, store)
+        slot, _ = await limiter.take("XS", "get_accounts")
+        if (account := _stored_account(store, name)) is not None:
+            limiter.refund("XS", "get_accounts", slot)
+        else:
+            async with KlaviyoClient(api_key, base_url, limiter=RateLimiter.off()) as client:  # slot taken above
+                account = str((await client.check_key())["id"])
+            if store is not None:
+                try:
+                    store.write_bytes(name, orjson.dumps({"account": account}))
+                except Exception as exc:
+                    log.warning("cannot keep the Klaviyo account of a key in storage (%s)", type(exc).__name__)
     _ACCOUNTS[ident] = account
     return account
+
+
+def _stored_account(store: ObjectStore | None, name: str) -> str | None:
+    from shared.platform.errors import SourceError
+
+    if store is None:
+        return None
+    try:
+        return str(orjson.loads(store.read_bytes(name))["account"])
+    except SourceError:
+        return None  # not asked yet
+    except Exception as exc:  # storage down, or a damaged record: ask Klaviyo
+        log.warning("cannot read the Klaviyo account of a key from storage (%s); asking Klaviyo", type(exc).__name__)
+        return None
