@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout of the app the exports run on")
     parser.add_argument("--job-latency", default="0")
+    parser.add_argument("--logs", type=Path, help="keep each process's log (stderr) in this folder")
     parser.add_argument("--worker", nargs=4, metavar=("FOLDER", "N", "URL", "LIST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -143,7 +144,9 @@ def main() -> None:
         ]
         outs = [p.communicate() for p in procs]
         wall = time.perf_counter() - t0
-        for p, (_, err) in zip(procs, outs, strict=True):
+        for n, (p, (_, err)) in enumerate(zip(procs, outs, strict=True)):
+            if args.logs:
+                (args.logs / f"worker-{n}.log").write_text(err)
             if p.returncode:
                 raise SystemExit(f"a worker failed:\n{err[-3000:]}")
         reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]

@@ -45,9 +45,11 @@ log = logging.getLogger("shared.pushing.klaviyo.budget")
 BUDGET_PREFIX = "klaviyo-budget/"
 RETRY_STORE_S = 60.0  # after a storage failure, pace on our own this long before asking storage again
 #: Klaviyo opens its windows when a request arrives, and a slot taken in one process arrives later than
-#: planned by whatever stands between them (the GIL of a process building other bodies, a new connection,
-#: a busy server): four processes on two cores, with 0.05 s as in one process, met 429 on 28% of imports.
-#: This much more per window costs a fifth of the 1 s burst and nothing of the 60 s window that bounds long runs.
+#: planned by whatever stands between (the GIL of a process building other bodies, a busy server, a pause
+#: of its GC), the more so the busier the machine. Four exports in four processes on two shared cores met
+#: 429 on 28% of their bulk imports with 0.05 s per window (one process's figure) and bursts of ten; on 3%
+#: with 0.25 s and slots spaced evenly (bench/RESULTS.md). It costs a fifth of the 1 s burst rate and
+#: nothing that counts of the 60 s window, which is what bounds a long run.
 SHARED_PADDING = 0.25
 STALE_S = 0.05  # a reserved slot this late is not used (it would crowd the next window) but given back
 _T = TypeVar("_T")
@@ -140,9 +142,12 @@ class SharedBudget:
         cache.extend(slots[1:])
         return slots[0]
 
-    def _windows(self, tier: str) -> tuple[_Window, _Window]:
+    def _windows(self, tier: str) -> tuple[_Window, ...]:
         lim = self.tiers[tier]
-        return _Window(lim.burst, 1.0 + self.padding), _Window(lim.steady, 60.0 + self.padding)
+        burst = 1.0 + self.padding
+        # Evenly spaced within the burst (one per 1.25 s / limit), not ten at once: a stall anywhere between
+        # here and Klaviyo bunches a burst that went out together into the next window (see SHARED_PADDING).
+        return _Window(1, burst / lim.burst), _Window(lim.burst, burst), _Window(lim.steady, 60.0 + self.padding)
 
     def _reserve(self, tier: str, key: str, count: int, give_back: list[float]) -> list[float]:
         taken: list[float] = []
@@ -153,7 +158,7 @@ class SharedBudget:
             for slot in give_back:
                 _remove(state["times"], slot)
             windows = self._windows(tier)
-            times = [t for t in state["times"] if t > now - windows[1].seconds]
+            times = [t for t in state["times"] if t > now - windows[-1].seconds]
             bucket = _Bucket(windows)
             for window in windows:
                 window.times.extend(times)
