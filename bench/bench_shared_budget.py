@@ -82,7 +82,14 @@ def worker(folder: Path, n: int, url: str, list_id: str) -> dict:
         driver.start_new(ORCHESTRATOR, run["run_id"], run)
         final = driver.wait_for_status(run["run_id"], lambda s: s.is_terminal, timeout=None)
     report = final.output if isinstance(final.output, dict) else {"status": str(final.runtime_status)}
-    return {k: report.get(k) for k in ("status", "profiles_submitted", "profiles_imported", "duration_s")}
+    out = {k: report.get(k) for k in ("status", "profiles_submitted", "profiles_imported", "duration_s")}
+    try:  # the shared budget's storage round trips (absent on a checkout from before it)
+        from shared.pushing.klaviyo import budget
+    except ImportError:
+        return out
+    budgets = [lim.budget for lim in budget._LIMITERS.values() if lim.budget is not None]
+    out["budget"] = {k: sum(getattr(b, k) for b in budgets) for k in ("round_trips", "slots", "fallbacks")}
+    return out
 
 
 def import_stats(url: str) -> tuple[int, int]:
@@ -169,6 +176,10 @@ def main() -> None:
                 "statuses": [r["status"] for r in reports],
                 "run_s": [r["duration_s"] for r in reports],
                 "budget_objects": budget_files,
+                "budget": {
+                    k: sum(r.get("budget", {}).get(k, 0) for r in reports)
+                    for k in ("round_trips", "slots", "fallbacks")
+                },
             }
         )
     )
