@@ -100,6 +100,11 @@ class SharedBudget:
         return f"{BUDGET_PREFIX}{quote(self.account, safe='')}/{quote(key, safe='')}.json"
 
     @property
+    def where(self) -> str:
+        """The budget's folder or container URL, for messages: without a query (a SAS token would be in it)."""
+        return self.store.describe(BUDGET_PREFIX).split("?", 1)[0]
+
+    @property
     def reachable(self) -> bool:
         return self.clock() >= self._down_until
 
@@ -171,7 +176,7 @@ class SharedBudget:
         self.round_trips += 1
         self.slots += len(taken)
         if self._down_until != float("-inf"):
-            log.warning("the shared Klaviyo rate budget (%s) is back", self.store.describe(BUDGET_PREFIX))
+            log.warning("the shared Klaviyo rate budget (%s) is back", self.where)
             self._down_until = float("-inf")
         return taken
 
@@ -181,7 +186,7 @@ class SharedBudget:
         log.warning(
             "the shared Klaviyo rate budget (%s) cannot be reached (%s); this process paces account %s on its "
             "own, as if alone, and tries again in %.0f s",
-            self.store.describe(BUDGET_PREFIX), " ".join(what.split())[:300], self.account, RETRY_STORE_S,
+            self.where, " ".join(what.split())[:300], self.account, RETRY_STORE_S,
         )  # fmt: skip
 
     # -- after a 429 -------------------------------------------------------------------------------
