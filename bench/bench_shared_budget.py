@@ -1,7 +1,8 @@
 """Several exports started at once in separate processes that share a work folder, into the Klaviyo emulator
 with Klaviyo's rate limits, as a segment refresh loads the app when it scales out (issue 19):
 
-    .venv/bin/python -m bench.bench_shared_budget [--exports 4] [--rows 300000] [--tree PATH]
+    .venv/bin/python -m bench.bench_shared_budget [--exports 4] [--rows 300000] [--tree PATH] [--logs DIR]
+    .venv/bin/python -m bench.bench_shared_budget --draw-latency 500
 
 Each process runs one export through the orchestrator and activities on the local durable driver (its own
 history folder; the workspace, reports and state folders are shared, so the Klaviyo budget kept in the
@@ -92,6 +93,31 @@ def worker(folder: Path, n: int, url: str, list_id: str) -> dict:
     return out
 
 
+def draw_latency(draws: int) -> dict:
+    """Milliseconds per draw (one storage read + one conditional write) from one process, on a local folder
+    and on Azurite (a tier wide enough that no draw waits)."""
+    import statistics
+
+    from localdev.services import run_azurite
+    from shared.platform.storage import BlobStore, LocalStore
+    from shared.pushing.klaviyo.budget import SharedBudget
+    from shared.pushing.klaviyo.limits import Tier
+
+    def measure(store) -> float:
+        budget = SharedBudget(store, "bench", {"T": Tier(100_000, 1_000_000)})
+        times = []
+        for _ in range(draws):
+            t0 = time.perf_counter()
+            budget.draw("T", "op", lambda wall: wall)
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1000, 2)
+
+    with tempfile.TemporaryDirectory() as tmp, run_azurite() as azurite:
+        blob = BlobStore.from_connection_string(azurite.connection_string, "bench")
+        blob.ensure_container()
+        return {"draws": draws, "local_ms": measure(LocalStore(tmp)), "azurite_ms": measure(blob)}
+
+
 def import_stats(url: str) -> tuple[int, int]:
     ep = httpx.get(f"{url}/__emulator/stats").json()["endpoints"].get(IMPORT, {})
     return ep.get("requests", 0), int(ep.get("responses", {}).get("429", 0))
@@ -104,8 +130,12 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout of the app the exports run on")
     parser.add_argument("--job-latency", default="0")
     parser.add_argument("--logs", type=Path, help="keep each process's log (stderr) in this folder")
+    parser.add_argument("--draw-latency", type=int, metavar="N", help="only time N draws on a folder and Azurite")
     parser.add_argument("--worker", nargs=4, metavar=("FOLDER", "N", "URL", "LIST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.draw_latency:
+        print(json.dumps(draw_latency(args.draw_latency)))
+        return
     if args.worker:
         folder, n, url, list_id = args.worker
         print(json.dumps(worker(Path(folder), int(n), url, list_id)))
