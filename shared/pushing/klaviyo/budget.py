@@ -2,13 +2,14 @@
 
 Klaviyo counts requests per account and endpoint. Each process paces itself (``limits.RateLimiter``), but
 on several instances each one would believe it has the whole budget (four exports at once in four
-processes: 62% of bulk imports answered 429). So the slots themselves are handed out from storage: one
+processes: 50-62% of bulk imports answered 429). So the slots themselves are handed out from storage: one
 small object per account and endpoint, ``klaviyo-budget/<account>/<operationId>.json``, holds the slots
 given out in the last minute (wall-clock times) and a ``blocked_until`` after a 429. A process reserves its
 next slots with a read-modify-write that only lands if nobody wrote in between (an ETag ``If-Match`` on a
 blob; an fcntl lock on a local folder, ``ObjectStore.update``), by the same sliding-log rule as the
 per-process limiter: at most ``limit`` slots in any window of the tier's length (+ padding), so at most
-``limit`` in every fixed window Klaviyo may use, whoever sends them.
+``limit`` in every fixed window Klaviyo may use, whoever sends them; and spaced evenly across the burst
+window rather than sent ten at once (see SHARED_PADDING).
 
 - One write reserves a slot for every caller of the process waiting on that endpoint at the time (up to
   the burst): storage round trips stay near one per request at worst and drop as traffic grows.
@@ -47,10 +48,11 @@ RETRY_STORE_S = 60.0  # after a storage failure, pace on our own this long befor
 #: Klaviyo opens its windows when a request arrives, and a slot taken in one process arrives later than
 #: planned by whatever stands between (the GIL of a process building other bodies, a busy server, a pause
 #: of its GC), the more so the busier the machine. Four exports in four processes on two shared cores met
-#: 429 on 28% of their bulk imports with 0.05 s per window (one process's figure) and bursts of ten; on 3%
-#: with 0.25 s and slots spaced evenly (bench/RESULTS.md). It costs a fifth of the 1 s burst rate and
-#: nothing that counts of the 60 s window, which is what bounds a long run.
-SHARED_PADDING = 0.25
+#: 429 on 28% of their bulk imports with bursts of ten and 0.05 s per window (one process's figure); with
+#: slots spaced evenly, 0-3% (0.25 s) and none (0.1 s) (bench/RESULTS.md). 0.1 s costs a tenth of the 1 s
+#: burst rate, which four such exports took back in 429s they no longer meet, and nothing that counts of
+#: the 60 s window, which is what bounds a long run.
+SHARED_PADDING = 0.1
 STALE_S = 0.05  # a reserved slot this late is not used (it would crowd the next window) but given back
 _T = TypeVar("_T")
 
@@ -150,7 +152,7 @@ class SharedBudget:
     def _windows(self, tier: str) -> tuple[_Window, ...]:
         lim = self.tiers[tier]
         burst = 1.0 + self.padding
-        # Evenly spaced within the burst (one per 1.25 s / limit), not ten at once: a stall anywhere between
+        # Evenly spaced within the burst (one per 1.1 s / limit), not ten at once: a stall anywhere between
         # here and Klaviyo bunches a burst that went out together into the next window (see SHARED_PADDING).
         return _Window(1, burst / lim.burst), _Window(lim.burst, burst), _Window(lim.steady, 60.0 + self.padding)
 
