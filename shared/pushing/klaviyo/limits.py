@@ -15,7 +15,7 @@ wherever its boundaries fall, so a run paces itself instead of bouncing off 429s
 - ``clock``/``sleep`` are injectable, so tests run on a fake clock without waiting.
 - Thread-safe and usable from several event loops at once: a caller *reserves* its slot under a
   ``threading.Lock`` (slots are handed out in arrival order) and then sleeps until it. So one limiter
-  per account can pace every push activity of a worker process (``account_limiter``).
+  per account can pace every push activity of a worker process (``budget.account_limiter``).
 - ``RateLimiter.off()`` lets everything through (the emulator with its limits switched off).
 - ``budget``: the account's budget shared with other processes and instances (``budget.SharedBudget``).
   Each slot is then first drawn from it and this limiter stays the inner guard: it records the slot and
