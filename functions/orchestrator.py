@@ -26,7 +26,7 @@ class Superseded(Exception):
 def _checked(result):
     """Steps return {"fatal": reason} for what no retry can fix (see shared.pipeline.fatal_as_result)."""
     if isinstance(result, dict) and "fatal" in result:
-        raise Fatal(result["fatal"])
+        raise Fatal(result["fatal"], bool(result.get("bad_source")))
     return result
 
 
@@ -81,6 +81,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 for result in map(_checked, results):
                     keep = ("unit", "submitted", "rejected", "warnings", "subscribed", "not_consented")
                     outcome["pushes"].append({k: result.get(k, 0) for k in keep})
+                    outcome["pushes"][-1]["warning_kinds"] = result.get("warning_kinds") or {}
                     job_ids += [job["id"] for job in result["jobs"]]
                     progress["profiles_submitted"] += result["submitted"]
                     progress["profiles_failed"] += result["rejected"]
@@ -112,7 +113,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
     except Superseded:
         pass
     except Fatal as exc:
-        outcome["error"] = str(exc)
+        outcome["error"], outcome["bad_source"] = str(exc), exc.bad_source
     except Exception as exc:  # an activity failed after its retries: the run fails, with the reason in its report
         outcome["error"] = _one_line(exc)
 

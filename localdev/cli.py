@@ -23,6 +23,25 @@ def _parse_fields(values: list[str]) -> dict[str, str]:
     return mappings
 
 
+def parse_notify(url: str | None, on: str) -> dict | None:
+    """--notify-url/--notify-on as the export configuration's `notify` ("rejects_over=0.05" sets the share)."""
+    if not url:
+        return None
+    events, share = [], None
+    for item in (part.strip() for part in on.split(",")):
+        name, sep, value = item.partition("=")
+        if name == "rejects_over":
+            try:
+                share = float(value) if sep else None
+            except ValueError:
+                raise ExportError(f"--notify-on: rejects_over wants a share such as 0.05, got {value!r}") from None
+            if share is None:
+                raise ExportError("--notify-on: rejects_over wants a share, e.g. rejects_over=0.05")
+        if item:
+            events.append(name)
+    return {"webhook_url": url, "on": events, "rejects_over": share}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localdev", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -47,7 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--consented-at-field", help="subscribe mode: the column with when consent was given")
     ex.add_argument("--max-removal-share", type=float, default=0.30, help="mirror mode: refuse larger removals")
     ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
+    ex.add_argument(
+        "--max-reject-share", type=float, help="fail before sending when more rows than this share are rejected (0.2)"
+    )
     ex.add_argument("--delimiter", default=",", help="delimiter of a plain CSV source")
+    ex.add_argument("--notify-url", help="a webhook to POST the run's outcome to (https, or http to loopback)")
+    ex.add_argument(
+        "--notify-on",
+        default="failed,partially_succeeded",
+        metavar="LIST",
+        help="when to notify: failed, partially_succeeded, succeeded, superseded, rejects_over=SHARE (comma list)",
+    )
 
     sample = sub.add_parser("sample", help="write a generated Customer Insights export into a folder")
     sample.add_argument("folder")
@@ -56,8 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
     host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
-    host.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs")
-    host.add_argument("--settings", help="a local.settings.json (default: the project's, if present)")
+    host.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs (default 1)"
+    )
+    host.add_argument("--settings", help="a local.settings.json (default: ./local.settings.json, if present)")
+    host.add_argument(
+        "--storage",
+        choices=["azurite", "settings"],
+        help="azurite: start an Azurite of the host's own (default); settings: use AzureWebJobsStorage and "
+        "SEGMENTS_STORAGE as set (an emulator you run, or an account). Default: LOCALDEV_STORAGE, else azurite",
+    )
+    host.add_argument("--azurite-dir", help="where the host's own Azurite keeps its data (default .localdev/azurite)")
 
     demo = sub.add_parser("demo", help="Azurite + Klaviyo emulator + local host: a 100,000-profile export end to end")
     demo.add_argument("--rows", type=int, default=100_000, help="profiles in the generated export")
@@ -126,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "host":
             from localdev.host import serve
 
-            return serve(args.port, args.poll_interval, args.settings)
+            return serve(args.port, args.poll_interval, args.settings, args.storage, args.azurite_dir)
         if args.command == "demo":
             from localdev.demo import run_demo
 
@@ -141,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if report["status"] not in ("succeeded", "partially_succeeded"):
                 print(f"error: {report.get('error') or 'the run failed'}", file=sys.stderr)
-                return 1
+                return 2 if report.get("bad_source") else 1  # a source that cannot be read, as below
             return 0
     except ExportError as exc:
         if args.debug:

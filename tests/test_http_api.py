@@ -85,12 +85,12 @@ def poll(fetch, until, timeout: float = 120.0):
         time.sleep(0.1)  # polling a status URL: the condition is checked above
 
 
-def raw_request(base_url: str, method: str, target: str, body: bytes = b"") -> int:
+def raw_request(base_url: str, method: str, target: str, body: bytes = b"", headers: dict | None = None) -> int:
     """Send the request target exactly as given (no client-side normalisation of '..' or escapes)."""
     parts = urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        headers = {"x-functions-key": FUNCTION_KEY, "content-type": "application/json"}
+        headers = {"x-functions-key": FUNCTION_KEY, "content-type": "application/json", **(headers or {})}
         conn.request(method, target, body=body, headers=headers)
         return conn.getresponse().status
     finally:
@@ -178,6 +178,11 @@ def test_a_dry_run_answers_202_with_the_durable_status_urls(ctx):
     assert response.headers["location"] == urls["statusQueryGetUri"]
     for key in ("statusQueryGetUri", "sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"):
         assert urls[key].startswith(f"{ctx.host.base_url}/runtime/webhooks/durabletask/instances/{run_id}"), key
+    # The app's own status URL beside them: the run's progress, then its report, with the caller's function key.
+    assert urls["runStatusUri"] == f"{ctx.host.base_url}/api/runs/{run_id}"
+    assert FUNCTION_KEY not in response.text
+    own = ctx.api.request("GET", urls["runStatusUri"])
+    assert own.status_code == 200 and own.json()["instance_id"] == run_id
 
     status = poll(lambda: httpx.get(urls["statusQueryGetUri"]).json(), lambda s: s["runtimeStatus"] in TERMINAL)
     assert status["runtimeStatus"] == "Completed"
@@ -245,7 +250,7 @@ def test_a_connection_key_is_checked_with_klaviyo_and_never_returned(ctx):
         assert EMULATOR_KEY not in answer.text
         assert "api_key" not in answer.json()
         assert answer.json()["secret_name"] == "klaviyo-acct"
-        assert answer.json()["privacy_acceptance"]["accepted_by"] == "function-key holder"
+        assert answer.json()["privacy_acceptance"]["accepted_by"] == "function key"
     assert EMULATOR_KEY.encode() not in ctx.configs().read_bytes("connections/acct.json")
 
 
