@@ -23,10 +23,13 @@ import orjson
 import pytest
 from azure.storage.blob import ContainerClient
 
+from localdev.sample import email_for, write_ci_export
 from localdev.services import AZURITE_ACCOUNT, AZURITE_KEY, free_port, run_emulator
 from shared.platform.storage import BlobStore, LocalStore
 from shared.pushing.klaviyo import KlaviyoClient, RateLimiter, Tier
 from shared.pushing.klaviyo.budget import SharedBudget, account_limiter
+from tests.fixtures.services import EMULATOR_KEY
+from tests.pipeline_helpers import list_emails, new_list, run_cli
 
 TIERS = {"T": Tier(20, 50)}
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter, as another instance would be
@@ -252,3 +255,30 @@ def test_processes_sharing_a_folder_share_the_accounts_budget(tmp_path):
     # Klaviyo's windows open with a request's arrival; a request that reaches the emulator late (two shared
     # cores) can still meet one 429, which it waits out; without the shared budget about 20 do.
     assert throttled <= 2
+
+
+# -- through the command line --------------------------------------------------------------------------
+
+
+def test_a_command_line_run_draws_on_the_budget_in_its_workdir(tmp_path, emulator_url):
+    model = write_ci_export(LocalStore(tmp_path / "src"), 1_500, partitions=1)
+    list_id = new_list(emulator_url)
+    code, report, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
+    assert code == 0, err
+    assert report["profiles_imported"] == 1_500
+    budget = tmp_path / "work" / "work" / "klaviyo-budget"
+    (imports,) = budget.glob("*/bulk_import_profiles.json")  # one account, one object per endpoint
+    assert len(orjson.loads(imports.read_bytes())["times"]) == 1  # the run's one bulk import
+    assert EMULATOR_KEY not in "".join(p.read_text() for p in budget.rglob("*") if p.is_file())
+
+
+def test_a_command_line_run_whose_budget_cannot_be_written_still_lands_everyone(tmp_path, emulator_url):
+    model = write_ci_export(LocalStore(tmp_path / "src"), 1_500, partitions=1)
+    list_id = new_list(emulator_url)
+    (tmp_path / "work" / "work").mkdir(parents=True)
+    (tmp_path / "work" / "work" / "klaviyo-budget").write_text("a file where the budget's folder goes")
+    code, report, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
+    assert code == 0, err
+    assert report["status"] == "succeeded" and report["profiles_imported"] == 1_500
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(1_500)}
+    assert "the shared Klaviyo rate budget" in err and "cannot be reached" in err
