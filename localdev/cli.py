@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder")
     sample.add_argument("--rows", type=int, default=100_000)
     sample.add_argument("--partitions", type=int, default=4)
+    sample.add_argument(
+        "--realistic",
+        action="store_true",
+        help="write the dirt real exports carry: ~2%% missing and ~1%% invalid emails, ~3%% repeats in other "
+        "case and padding, a short row, BOM, quoted line breaks, Unicode names (see README)",
+    )
 
     host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
     host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
@@ -158,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             from localdev.sample import write_ci_export
             from shared.platform.storage import LocalStore
 
-            name = write_ci_export(LocalStore(args.folder), args.rows, partitions=args.partitions)
+            name = write_ci_export(
+                LocalStore(args.folder), args.rows, partitions=args.partitions, realistic=args.realistic
+            )
             print(Path(args.folder) / name)
             return 0
         if args.command == "host":
