@@ -1,7 +1,8 @@
 """Several exports started at once in separate processes that share a work folder, into the Klaviyo emulator
 with Klaviyo's rate limits, as a segment refresh loads the app when it scales out (issue 19):
 
-    .venv/bin/python -m bench.bench_shared_budget [--exports 4] [--rows 300000] [--tree PATH] [--logs DIR]
+    .venv/bin/python -m bench.bench_shared_budget [--exports 4] [--rows 300000] [--realistic] [--tree PATH]
+        [--logs DIR]
     .venv/bin/python -m bench.bench_shared_budget --draw-latency 500
 
 Each process runs one export through the orchestrator and activities on the local durable driver (its own
@@ -118,6 +119,27 @@ def draw_latency(draws: int) -> dict:
         return {"draws": draws, "local_ms": measure(LocalStore(tmp)), "azurite_ms": measure(blob)}
 
 
+def members_of(rows: int, seed: int, realistic: bool) -> set[str]:
+    """The emails an export of the sample should leave in its list (the realistic sample's dirt worked out
+    from each row's kind, as tests/test_sample.py does)."""
+    from localdev.sample import email_for, realistic_kind, repeated_member
+
+    if not realistic:
+        return {email_for(i) for i in range(rows)}
+    members = set()
+    for i in range(rows):
+        kind = "idn_email" if i == rows // 3 else realistic_kind(i, seed)
+        if i == rows // 2 or kind in ("missing_email", "invalid_email") or (kind == "idn_email" and i % 4 != 3):
+            continue  # rejected
+        if kind == "idn_email":
+            members.add(f"customer{i}@xn--bcher-kva.example")
+        elif kind == "repeat" and (j := repeated_member(i, seed)) is not None:
+            members.add(email_for(j))
+        else:
+            members.add(email_for(i))
+    return members
+
+
 def import_stats(url: str) -> tuple[int, int]:
     ep = httpx.get(f"{url}/__emulator/stats").json()["endpoints"].get(IMPORT, {})
     return ep.get("requests", 0), int(ep.get("responses", {}).get("429", 0))
@@ -129,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout of the app the exports run on")
     parser.add_argument("--job-latency", default="0")
+    parser.add_argument("--realistic", action="store_true", help="the realistic sample (localdev sample --realistic)")
     parser.add_argument("--logs", type=Path, help="keep each process's log (stderr) in this folder")
     parser.add_argument("--draw-latency", type=int, metavar="N", help="only time N draws on a folder and Azurite")
     parser.add_argument("--worker", nargs=4, metavar=("FOLDER", "N", "URL", "LIST"), help=argparse.SUPPRESS)
@@ -141,7 +164,7 @@ def main() -> None:
         print(json.dumps(worker(Path(folder), int(n), url, list_id)))
         return
 
-    from localdev.sample import email_for, write_ci_export
+    from localdev.sample import write_ci_export
     from localdev.services import run_emulator
     from shared.platform.storage import LocalStore
     from shared.pushing.klaviyo.client import KlaviyoClient
@@ -162,7 +185,9 @@ def main() -> None:
     ):
         folder = Path(tmp)
         for n in range(args.exports):
-            write_ci_export(LocalStore(folder / f"src-{n}"), args.rows, entity=f"Segment{n}", seed=n)
+            write_ci_export(
+                LocalStore(folder / f"src-{n}"), args.rows, entity=f"Segment{n}", seed=n, realistic=args.realistic
+            )
         lists = asyncio.run(make_lists(url))
         env = {**os.environ, "KLAVIYO_API_KEY": KEY, "PYTHONPATH": str(tree)}
         env.pop("KEY_VAULT_URL", None)
@@ -189,8 +214,10 @@ def main() -> None:
         reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
         requests, throttled = import_stats(url)
         httpx.post(f"{url}/__emulator/config", json={"rate_limits": "off"})  # our own check of the lists
-        expected = {email_for(i) for i in range(args.rows)}
-        exact = [asyncio.run(members(url, list_id)) == expected for list_id in lists]
+        exact = [
+            asyncio.run(members(url, list_id)) == members_of(args.rows, n, args.realistic)
+            for n, list_id in enumerate(lists)
+        ]
         budget_files = len(list((folder / "work").rglob("klaviyo-budget/*/*.json")))
     print(
         json.dumps(
@@ -198,6 +225,7 @@ def main() -> None:
                 "tree": str(tree),
                 "exports": args.exports,
                 "rows": args.rows,
+                "sample": "realistic" if args.realistic else "clean",
                 "wall_s": round(wall, 1),
                 "import_requests": requests,
                 "import_429": throttled,
