@@ -15,6 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import orjson
 
@@ -138,6 +139,10 @@ async def _client(run: dict):
         yield client
 
 
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 # -- one run at a time per export ------------------------------------------------------------------
 
 
@@ -171,16 +176,24 @@ def plan(run: dict) -> dict:
         allow_mass_removal=bool(mirror and mirror.get("allow_mass_removal")),
         max_reject_share=run.get("max_reject_share"),
     )
-    summary = plan_export(source, mapper, workspace, prefix, options)
-    if run.get("list_id") and not run.get("dry_run"):
+    if run.get("list_id") and not run.get("dry_run"):  # before the long read: a wrong key or URL fails at once
         asyncio.run(_check_list(run))
-    return summary
+    return plan_export(source, mapper, workspace, prefix, options)
 
 
 async def _check_list(run: dict) -> None:
-    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words."""
+    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words; a Klaviyo
+    that cannot be connected to at all (refused, no such host: a wrong URL, a proxy, no network) fails it
+    too, naming the URL, rather than going through every retry of the activity."""
     async with _client(run) as client:
-        await client.get_list(run["list_id"])
+        try:
+            await client.get_list(run["list_id"])
+        except KlaviyoUnavailable as exc:
+            if not isinstance(exc.__cause__, httpx.ConnectError):
+                raise
+            raise ExportError(
+                f"cannot connect to Klaviyo at {client.base_url} after {exc.attempts} attempts ({exc.detail})"
+            ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------
@@ -414,6 +427,9 @@ def finish(run: dict, outcome: dict) -> dict:
         report.profiles_submitted = 0
     if report.status != "failed" and report.profiles_failed:
         report.status = "partially_succeeded"
+    if problems := report.count_problems():  # a report never contradicts itself: such a run fails, unsaved
+        report.status = "failed"
+        report.error = f"the run's counts do not add up ({'; '.join(problems)}); the sync state was not saved"
     with lines:
         if not lines.tell():
             lines.write(b"\n")  # an empty rejects file is one blank line, as it has always been
@@ -426,7 +442,11 @@ def finish(run: dict, outcome: dict) -> dict:
         workspace, _ = _workspace(run)
         turns.end_turn(workspace, run["export"], run["run_id"], outcome["source_time"], report.status != "failed")
     if superseded_by:
-        report.error = f"a newer export of '{run['export']}' already ran ({superseded_by}); nothing was sent"
+        report.error = f"superseded by run {superseded_by}, which ran a newer write of the same source"
+        newer, own = outcome.get("superseded_source_time"), outcome.get("source_time")
+        if newer is not None and own is not None:
+            report.error += f" (written {_utc(newer)}; this run's source was written {_utc(own)})"
+        report.error += "; nothing was sent"
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:
