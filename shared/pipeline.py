@@ -185,15 +185,16 @@ async def _check_list(run: dict) -> None:
     """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words; a Klaviyo
     that cannot be connected to at all (refused, no such host: a wrong URL, a proxy, no network) fails it
     too, naming the URL, rather than going through every retry of the activity."""
-    async with _client(run) as client:
-        try:
+    try:
+        async with _client(run) as client:  # (which first asks Klaviyo whose key it is, once per key)
             await client.get_list(run["list_id"])
-        except KlaviyoUnavailable as exc:
-            if not isinstance(exc.__cause__, httpx.ConnectError):
-                raise
-            raise ExportError(
-                f"cannot connect to Klaviyo at {client.base_url} after {exc.attempts} attempts ({exc.detail})"
-            ) from None
+    except KlaviyoUnavailable as exc:
+        if not isinstance(exc.__cause__, httpx.ConnectError):
+            raise
+        base_url = run["klaviyo"]["base_url"].rstrip("/")
+        raise ExportError(
+            f"cannot connect to Klaviyo at {base_url} after {exc.attempts} attempts ({exc.detail})"
+        ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------
