@@ -111,3 +111,21 @@ def test_state_does_not_advance_when_a_run_fails(tmp_path, emulator_url):
     assert code == 0, err
     assert after["profiles_submitted"] == 50  # the new people are sent by the next good run
     assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(150)}
+
+
+def test_a_run_reports_bad_phones_by_kind(tmp_path, emulator_url):
+    """Upsert runs build their pushes on the fast paths: the report's breakdown of warnings (what the run
+    console shows) still names the bad phones, and counts them all."""
+    from shared.planning.profiles import PHONE_WARNING
+
+    store = LocalStore(tmp_path / "src")
+    bad = {5, 17, 400, 999}
+    lines = [f'"{i}","{email_for(i)}","{"12" if i in bad else f"+1425555{i:04d}"}"' for i in range(1_000)]
+    body = ("\n".join(lines) + "\n").encode()
+    source = tmp_path / "src" / write_cdm(store, ["CustomerId", "Email", "Phone"], {"p.csv": body})
+    list_id = new_list(emulator_url)
+    code, report, err = run_cli(tmp_path, source, list_id, emulator_url, "--field", "Phone=phone_number")
+    assert code == 0, err
+    assert report["profiles_submitted"] == 1_000
+    assert report["warnings"] == len(bad)
+    assert report["warning_kinds"] == {PHONE_WARNING: len(bad)}
