@@ -94,7 +94,7 @@ def main() -> None:
                 work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
                 try:
                     source = write_export(work / "src", args.rows, realistic=realistic)
-                    httpx.post(f"{url}/__emulator/reset").raise_for_status()  # no profiles, a full rate budget
+                    httpx.post(f"{url}/__emulator/reset", timeout=300).raise_for_status()  # empty, full rate budget
                     list_id = new_list(url)
                     for scenario in args.scenarios.split(","):
                         if scenario == "changed":
