@@ -8,12 +8,14 @@ them. Steps are safe to retry: upserts are idempotent and the sync state is comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import tempfile
 import time
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import orjson
 
@@ -30,9 +32,10 @@ from shared.platform.runtime import open_store, secrets
 from shared.platform.storage import ObjectStore
 from shared.pushing import turns
 from shared.pushing.klaviyo.batching import BatchBuilder
+from shared.pushing.klaviyo.budget import account_limiter
 from shared.pushing.klaviyo.client import KlaviyoClient
 from shared.pushing.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
-from shared.pushing.klaviyo.limits import RateLimiter, account_limiter
+from shared.pushing.klaviyo.limits import RateLimiter
 from shared.pushing.klaviyo.models import SubscribeProfile
 from shared.reading.source import open_source
 
@@ -123,12 +126,21 @@ def _mapper(run: dict, columns: list[str]) -> ProfileMapper:
     return ProfileMapper(columns, mapping["email_field"], mapping.get("field_mappings") or {}, mapping.get("consent"))
 
 
-def _client(run: dict) -> KlaviyoClient:
-    """A client on the process-wide limiter of its Klaviyo account: every push of every run on one account
-    in this worker draws on one budget."""
+@contextlib.asynccontextmanager
+async def _client(run: dict):
+    """A client on its Klaviyo account's limiter: every push of every run on one account, in every process
+    and instance, draws on one budget, kept in the app's storage beside the workspaces."""
     api_key, base_url = secrets().get(run["klaviyo"]["secret_name"]), run["klaviyo"]["base_url"]
-    limiter = account_limiter(base_url, api_key) if run["klaviyo"].get("rate_limits", True) else RateLimiter.off()
-    return KlaviyoClient(api_key, base_url, limiter=limiter)
+    if run["klaviyo"].get("rate_limits", True):
+        limiter = await account_limiter(base_url, api_key, open_store(run["workspace"]["store"]))
+    else:
+        limiter = RateLimiter.off()
+    async with KlaviyoClient(api_key, base_url, limiter=limiter) as client:
+        yield client
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # -- one run at a time per export ------------------------------------------------------------------
@@ -164,16 +176,25 @@ def plan(run: dict) -> dict:
         allow_mass_removal=bool(mirror and mirror.get("allow_mass_removal")),
         max_reject_share=run.get("max_reject_share"),
     )
-    summary = plan_export(source, mapper, workspace, prefix, options)
-    if run.get("list_id") and not run.get("dry_run"):
+    if run.get("list_id") and not run.get("dry_run"):  # before the long read: a wrong key or URL fails at once
         asyncio.run(_check_list(run))
-    return summary
+    return plan_export(source, mapper, workspace, prefix, options)
 
 
 async def _check_list(run: dict) -> None:
-    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words."""
-    async with _client(run) as client:
-        await client.get_list(run["list_id"])
+    """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words; a Klaviyo
+    that cannot be connected to at all (refused, no such host: a wrong URL, a proxy, no network) fails it
+    too, naming the URL, rather than going through every retry of the activity."""
+    try:
+        async with _client(run) as client:  # (which first asks Klaviyo whose key it is, once per key)
+            await client.get_list(run["list_id"])
+    except KlaviyoUnavailable as exc:
+        if not isinstance(exc.__cause__, httpx.ConnectError):
+            raise
+        base_url = run["klaviyo"]["base_url"].rstrip("/")
+        raise ExportError(
+            f"cannot connect to Klaviyo at {base_url} after {exc.attempts} attempts ({exc.detail})"
+        ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------
@@ -408,6 +429,9 @@ def finish(run: dict, outcome: dict) -> dict:
         report.profiles_submitted = 0
     if report.status != "failed" and report.profiles_failed:
         report.status = "partially_succeeded"
+    if problems := report.count_problems():  # a report never contradicts itself: such a run fails, unsaved
+        report.status = "failed"
+        report.error = f"the run's counts do not add up ({'; '.join(problems)}); the sync state was not saved"
     with lines:
         if not lines.tell():
             lines.write(b"\n")  # an empty rejects file is one blank line, as it has always been
@@ -420,7 +444,11 @@ def finish(run: dict, outcome: dict) -> dict:
         workspace, _ = _workspace(run)
         turns.end_turn(workspace, run["export"], run["run_id"], outcome["source_time"], report.status != "failed")
     if superseded_by:
-        report.error = f"a newer export of '{run['export']}' already ran ({superseded_by}); nothing was sent"
+        report.error = f"superseded by run {superseded_by}, which ran a newer write of the same source"
+        newer, own = outcome.get("superseded_source_time"), outcome.get("source_time")
+        if newer is not None and own is not None:
+            report.error += f" (written {_utc(newer)}; this run's source was written {_utc(own)})"
+        report.error += "; nothing was sent"
     ended = datetime.now(UTC)
     report.ended_at = ended
     if report.started_at:
