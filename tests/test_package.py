@@ -1,0 +1,95 @@
+"""The deployment package: `make package` builds dist/app as the deploy workflow does, and a copy installed the way
+Azure's remote build installs it (pip --target .python_packages/lib/site-packages in a clean environment, the
+app folder as working directory) imports function_app, indexes every function the repository's app has, and
+runs the C kernels. pip's cache makes the install quick after the first run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import function_app
+from localdev.host import describe_functions
+from localdev.package import SITE_PACKAGES, install, probe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _make_package(dist: Path) -> Path:
+    make = ["make", "--no-print-directory", "package", f"DIST={dist}"]
+    subprocess.run(make, cwd=ROOT, check=True, capture_output=True)
+    return dist / "app"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(the package, its installed copy, the clean environment's python)."""
+    work = tmp_path_factory.mktemp("package")
+    package = _make_package(work / "dist")
+    return package, *install(package, work / "installed")
+
+
+def test_the_package_holds_the_app_and_nothing_else(installed):
+    package, _, _ = installed
+    assert sorted(p.name for p in package.iterdir()) == [
+        "VERSION",
+        "function_app.py",
+        "functions",
+        "host.json",
+        "requirements.txt",
+        "shared",
+    ]
+    files = [p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file()]
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    assert {"shared/planning/native/fastpath.c", "shared/planning/native/libfastpath.so"} <= set(files)
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+\S+", (package / "VERSION").read_text().strip())
+
+
+def test_the_installed_package_imports_indexes_every_function_and_runs_the_kernels(installed):
+    _, app, python = installed
+    found = probe(app, python)
+    assert found.problems() == []
+    indexed = {f["name"]: f["function_json"]["bindings"] for f in found.functions}
+    assert indexed == {f.name: list(f.bindings) for f in describe_functions(function_app.app)}
+    assert found.kernels_ok
+    assert "self-test passed" in found.kernels_message
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda native: (native / "libfastpath.so").unlink(), "libfastpath.so is not built"),
+        (lambda native: (native / "fastpath.c").write_text("/* another version */"), "built from another fastpath.c"),
+        (lambda native: (native / "libfastpath.so").write_bytes(b"not a library"), "libfastpath.so cannot be loaded"),
+    ],
+    ids=["missing", "stale", "unloadable"],
+)
+def test_the_kernels_check_fails_with_the_reason(installed, tmp_path, spoil, reason):
+    _, app, python = installed
+    shutil.copytree(app / "shared", tmp_path / "shared")
+    spoil(tmp_path / "shared" / "planning" / "native")
+    env = {**os.environ, "PYTHONPATH": str(app / SITE_PACKAGES), "PYTHONDONTWRITEBYTECODE": "1"}
+    check = [str(python), "-m", "shared.planning.native", "--check"]
+    done = subprocess.run(check, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert reason in done.stderr.strip().splitlines()[-1]  # (a refused build's warning may come first)
+
+
+def test_the_kernels_need_nothing_newer_than_an_old_c_library(installed):
+    """Built on the newest Ubuntu runner, loaded on the Functions image (Debian 12, glibc 2.36): the library
+    may only use C library symbols that old glibc versions already had."""
+    package, _, _ = installed
+    symbols = subprocess.run(
+        ["objdump", "-T", str(package / "shared/planning/native/libfastpath.so")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", symbols)}
+    assert versions
+    assert max(versions) <= (2, 17)
