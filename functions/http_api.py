@@ -1,6 +1,12 @@
-"""HTTP bindings (function-level keys, never anonymous): thin adapters over shared.api."""
+"""HTTP bindings (function-level keys, never anonymous): thin adapters over shared.api.
+
+Routes that only touch storage are plain `def` (the worker runs them on its thread pool); the ones that need
+the durable client are `async def` on the worker's event loop and keep blocking calls off it (shared.api).
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -26,11 +32,8 @@ def _reply(status: int, body) -> func.HttpResponse:
     return func.HttpResponse(orjson.dumps(body), status_code=status, mimetype="application/json")
 
 
-async def _guarded(api: Api, fn) -> func.HttpResponse:
-    async def handler():
-        return await fn()
-
-    return _reply(*await api.call(handler))
+def _guarded(api: Api, fn) -> func.HttpResponse:
+    return _reply(*api.call(fn))
 
 
 def _flag(req: func.HttpRequest, name: str) -> bool | None:
@@ -39,21 +42,19 @@ def _flag(req: func.HttpRequest, name: str) -> bool | None:
 
 
 @bp.route(route="exports", methods=["GET"])
-async def list_exports(req: func.HttpRequest) -> func.HttpResponse:
+def list_exports(req: func.HttpRequest) -> func.HttpResponse:
     api = _api()
-    return await _guarded(api, api.list_exports)
+    return _guarded(api, api.list_exports)
 
 
 @bp.route(route="exports/{name}", methods=["GET", "PUT", "DELETE"])
-async def export_item(req: func.HttpRequest) -> func.HttpResponse:
+def export_item(req: func.HttpRequest) -> func.HttpResponse:
     api, name = _api(), req.route_params["name"]
     if req.method == "GET":
-        return await _guarded(api, lambda: api.get_export(name))
+        return _guarded(api, lambda: api.get_export(name))
     if req.method == "DELETE":
-        return await _guarded(api, lambda: api.delete_export(name))
-    return await _guarded(
-        api, lambda: api.put_export(name, req.get_body(), principal_roles(req.headers.get(PRINCIPAL)))
-    )
+        return _guarded(api, lambda: api.delete_export(name))
+    return _guarded(api, lambda: api.put_export(name, req.get_body(), principal_roles(req.headers.get(PRINCIPAL))))
 
 
 @bp.route(route="exports/{name}/runs", methods=["POST", "GET"])
@@ -61,13 +62,13 @@ async def export_item(req: func.HttpRequest) -> func.HttpResponse:
 async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api, name = _api(), req.route_params["name"]
     if req.method == "GET":
-        return await _guarded(api, lambda: api.list_runs(name))
+        return await asyncio.to_thread(_guarded, api, lambda: api.list_runs(name))
 
     async def start():
         roles = principal_roles(req.headers.get(PRINCIPAL))
         return await api.start_run(client, name, bool(_flag(req, "dry_run")), _flag(req, "full"), roles)
 
-    status, body = await api.call(start)
+    status, body = await api.call_async(start)
     if status != 202:
         return _reply(status, body)
     return client.create_check_status_response(req, body["id"])
@@ -77,21 +78,28 @@ async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClie
 @bp.durable_client_input(client_name="client")
 async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api = _api()
-    return await _guarded(api, lambda: api.get_run(client, req.route_params["instance_id"]))
+    return _reply(*await api.call_async(api.get_run, client, req.route_params["instance_id"]))
 
 
 @bp.route(route="connections/{name}", methods=["GET", "PUT"])
-async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
+def connection_item(req: func.HttpRequest) -> func.HttpResponse:
     api, name = _api(), req.route_params["name"]
     if req.method == "GET":
-        return await _guarded(api, lambda: api.get_connection(name))
+        return _guarded(api, lambda: api.get_connection(name))
     header = req.headers.get(PRINCIPAL)
-    return await _guarded(
+    return _guarded(
         api, lambda: api.put_connection(name, req.get_body(), principal_roles(header), principal_name(header))
     )
 
 
 @bp.route(route="history", methods=["GET"])
-async def run_history(req: func.HttpRequest) -> func.HttpResponse:
+def run_history(req: func.HttpRequest) -> func.HttpResponse:
     """An HTML page of recent runs per export (function key, like every route here)."""
-    return func.HttpResponse(await _api().history_page(), mimetype="text/html", charset="utf-8")
+    return func.HttpResponse(_api().history_page(), mimetype="text/html", charset="utf-8")
+
+
+@bp.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Version, fast path (kernels or arrow), storage and Key Vault reachable: 200 when healthy, else 503."""
+    api = _api()
+    return _guarded(api, api.health)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
 from shared.finishing.history import RUNS_SHOWN, recent_reports, render_page
+from shared.planning import native
 from shared.platform.config import (
     ConfigNotFoundError,
     ConfigStore,
@@ -22,7 +24,7 @@ from shared.platform.config import (
 )
 from shared.platform.errors import ConfigError, ExportError
 from shared.platform.runtime import blob_store, open_store
-from shared.platform.secrets import SecretProvider
+from shared.platform.secrets import KeyVaultSecrets, SecretError, SecretProvider
 from shared.platform.settings import AppSettings
 from shared.pushing.klaviyo.client import KlaviyoClient
 from shared.pushing.klaviyo.errors import KlaviyoError
@@ -101,30 +103,31 @@ class Api:
         self.client_factory = client_factory or (lambda key: KlaviyoClient(key, settings.klaviyo_base_url))
 
     # --- guarded dispatch ---
+    # Handlers that only read and write storage are plain functions: the Functions worker runs a plain `def`
+    # on its thread pool, while an `async def` runs on its one event loop, where a blocking SDK call would stall
+    # every other invocation. Handlers that need the durable client (async) move their blocking part to a thread.
 
-    async def call(self, handler, *args, **kwargs) -> Reply:
+    def call(self, handler, *args, **kwargs) -> Reply:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            return _error_reply(exc)
+
+    async def call_async(self, handler, *args, **kwargs) -> Reply:
         try:
             return await handler(*args, **kwargs)
-        except _HttpError as exc:
-            return error(exc.status, str(exc), exc.errors)
-        except ConfigNotFoundError as exc:
-            return error(404, str(exc))
-        except ConfigValidationError as exc:
-            return error(400, str(exc), exc.errors)
-        except ValidationError as exc:
-            return error(400, "invalid configuration", validation_errors(exc))
-        except (ExportError, ConfigError) as exc:
-            return error(400, str(exc))
+        except Exception as exc:
+            return _error_reply(exc)
 
     # --- exports ---
 
-    async def list_exports(self) -> Reply:
+    def list_exports(self) -> Reply:
         return 200, [cfg.model_dump(mode="json") for cfg in self.configs.list_exports()]
 
-    async def get_export(self, name: str) -> Reply:
+    def get_export(self, name: str) -> Reply:
         return 200, self.configs.get_export(name).model_dump(mode="json")
 
-    async def put_export(self, name: str, body: bytes, roles: set[str] | None) -> Reply:
+    def put_export(self, name: str, body: bytes, roles: set[str] | None) -> Reply:
         data = parse_json(body)
         if data.setdefault("name", name) != name:
             raise _HttpError(400, "the body's name differs from the URL's", [{"field": "name", "message": "mismatch"}])
@@ -137,7 +140,7 @@ class Api:
         saved = self.configs.put_export(cfg)
         return (200 if existed else 201), saved.model_dump(mode="json")
 
-    async def delete_export(self, name: str) -> Reply:
+    def delete_export(self, name: str) -> Reply:
         if not self.configs.delete_export(name):
             raise ConfigNotFoundError(f"no export named '{name}'")
         return 200, {"deleted": name}
@@ -148,8 +151,7 @@ class Api:
     # --- runs ---
 
     async def start_run(self, client, name: str, dry_run: bool, full: bool | None, roles: set[str] | None) -> Reply:
-        cfg = self.configs.get_export(name)
-        conn = self.configs.get_connection(cfg.connection)
+        cfg, conn = await asyncio.to_thread(self._export_and_connection, name)
         if not may_use(conn, roles):
             raise _HttpError(403, f"you may not run exports on connection '{conn.name}'")
         conn.require_accepted()
@@ -158,12 +160,20 @@ class Api:
             state = status.runtime_status.value if status.runtime_status else ""
             if iid.startswith(f"{name}.") and state in ACTIVE:
                 return error(409, f"export '{name}' is already running (instance {iid})")
-        segments = open_store(blob_store("segments", cfg.source.container), self.settings)
-        path = latest_source(segments, cfg)
-        iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", segments.info(path).etag, datetime.now(UTC))
+        path, etag = await asyncio.to_thread(self._latest_source, cfg)
+        iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", etag, datetime.now(UTC))
         run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full)
         await client.start_new("export_orchestrator", iid, run)
         return 202, {"id": iid}
+
+    def _export_and_connection(self, name: str) -> tuple[ExportConfig, Connection]:
+        cfg = self.configs.get_export(name)
+        return cfg, self.configs.get_connection(cfg.connection)
+
+    def _latest_source(self, cfg: ExportConfig) -> tuple[str, str]:
+        segments = open_store(blob_store("segments", cfg.source.container), self.settings)
+        path = latest_source(segments, cfg)
+        return path, segments.info(path).etag
 
     async def get_run(self, client, instance: str) -> Reply:
         status = await client.get_status(instance)
@@ -183,18 +193,18 @@ class Api:
     def _reports(self):
         return open_store(blob_store("app", self.settings.reports_container), self.settings)
 
-    async def list_runs(self, name: str, limit: int = RUNS_SHOWN) -> Reply:
+    def list_runs(self, name: str, limit: int = RUNS_SHOWN) -> Reply:
         self.configs.get_export(name)
         return 200, recent_reports(self._reports(), name, limit)
 
-    async def history_page(self) -> str:
+    def history_page(self) -> str:
         """The run history of every configured export, as an HTML page."""
         reports = self._reports()
         return render_page({name: recent_reports(reports, name) for name in self.configs.list_export_names()})
 
     # --- connections ---
 
-    async def put_connection(self, name: str, body: bytes, roles: set[str] | None, who: str | None) -> Reply:
+    def put_connection(self, name: str, body: bytes, roles: set[str] | None, who: str | None) -> Reply:
         if roles is not None and "admin" not in roles:
             raise _HttpError(403, "only administrators may add or change connections")
         data = parse_json(body)
@@ -216,18 +226,89 @@ class Api:
                 problem = [{"field": "api_key", "message": "invalid"}]
                 raise _HttpError(400, "api_key must be a non-empty string", problem)
             try:
-                async with self.client_factory(api_key) as klaviyo:
-                    await klaviyo.check_key()
+                asyncio.run(self._check_key(api_key))  # on the worker's thread pool: no loop runs here
             except KlaviyoError as exc:
                 raise _HttpError(400, f"Klaviyo did not accept the key: {exc}") from None
             except ValueError as exc:
                 raise _HttpError(400, str(exc)) from None
-            await asyncio.to_thread(self.secrets.set, conn.secret_name, api_key.strip())
+            self.secrets.set(conn.secret_name, api_key.strip())
         saved = self.configs.put_connection(conn)
         return 200, saved.model_dump(mode="json")
 
-    async def get_connection(self, name: str) -> Reply:
+    async def _check_key(self, api_key: str) -> None:
+        async with self.client_factory(api_key) as klaviyo:
+            await klaviyo.check_key()
+
+    def get_connection(self, name: str) -> Reply:
         return 200, self.configs.get_connection(name).model_dump(mode="json")
+
+    # --- health ---
+
+    def health(self) -> Reply:
+        """What operators check after a deployment: the version, which fast path runs, and whether the app's
+        storage and Key Vault answer this identity (never a secret or a key: only yes/no and why not)."""
+        storage = _reachable(lambda: self.configs.store.exists(HEALTH_PROBE))
+        key_vault: dict = {"configured": isinstance(self.secrets, KeyVaultSecrets)}
+        if key_vault["configured"]:
+            key_vault.update(_reachable(self.secrets.check_access))
+        healthy = storage["reachable"] and key_vault.get("reachable", True)
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "version": app_version(),
+            **fast_path(),
+            "storage": storage,
+            "key_vault": key_vault,
+        }
+        return (200 if healthy else 503), body
+
+
+def _error_reply(exc: Exception) -> Reply:
+    """The status and body of what a handler raised; anything unexpected is raised again."""
+    if isinstance(exc, _HttpError):
+        return error(exc.status, str(exc), exc.errors)
+    if isinstance(exc, ConfigNotFoundError):
+        return error(404, str(exc))
+    if isinstance(exc, ConfigValidationError):
+        return error(400, str(exc), exc.errors)
+    if isinstance(exc, ValidationError):
+        return error(400, "invalid configuration", validation_errors(exc))
+    if isinstance(exc, ExportError | ConfigError):
+        return error(400, str(exc))
+    raise exc
+
+
+HEALTH_PROBE = "health-probe"  # a name read, never written: "not found" is an answer from storage too
+VERSION_FILE = Path(__file__).resolve().parent.parent / "VERSION"  # written by `make package`
+
+
+def app_version() -> str:
+    """The packaged version (pyproject's version + the commit), or "dev" where the app runs from the repository."""
+    try:
+        return VERSION_FILE.read_text().strip() or "dev"
+    except OSError:
+        return "dev"
+
+
+def fast_path() -> dict:
+    """Which path plans and builds bodies: "kernels" (the C library) or "arrow" (half the speed), and why."""
+    return {"fast_path": "kernels" if native.available else "arrow", "fast_path_detail": native.status}
+
+
+def startup_line() -> str:
+    """The line the app logs when the worker loads it."""
+    path = fast_path()
+    return f"ci-klaviyo-sync {app_version()}: fast path {path['fast_path']} ({path['fast_path_detail']})"
+
+
+def _reachable(probe) -> dict:
+    try:
+        probe()
+    except SecretError as exc:  # names the vault and the probe secret, never a value
+        return {"reachable": False, "error": str(exc)}
+    except Exception as exc:  # SDK messages can carry request details: the type and status code are enough
+        status = getattr(exc, "status_code", None)
+        return {"reachable": False, "error": type(exc).__name__ + (f" (HTTP {status})" if status else "")}
+    return {"reachable": True}
 
 
 def _iso(value) -> str | None:
