@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pathspec
 import pytest
 
 import function_app
@@ -93,3 +94,23 @@ def test_the_kernels_need_nothing_newer_than_an_old_c_library(installed):
     versions = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", symbols)}
     assert versions
     assert max(versions) <= (2, 17)
+
+
+def _published_from_the_root() -> set[str]:
+    """The files `func azure functionapp publish` uploads from the repository root: every file .funcignore
+    does not match (gitignore rules: a matched folder is left out whole). Symlinks are not followed."""
+    ignore = pathspec.GitIgnoreSpec.from_lines((ROOT / ".funcignore").read_text().splitlines())
+    uploaded = set()
+    for folder, dirs, files in os.walk(ROOT):
+        here = Path(folder).relative_to(ROOT)
+        dirs[:] = [d for d in dirs if not ignore.match_file(f"{(here / d).as_posix()}/")]
+        uploaded |= {(here / f).as_posix() for f in files if not ignore.match_file((here / f).as_posix())}
+    return uploaded
+
+
+def test_funcignore_leaves_the_app_alone_from_the_repository_root():
+    app = {"function_app.py", "host.json", "requirements.txt"}
+    for folder in ("functions", "shared"):
+        app |= {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*") if p.is_file()}
+    app = {f for f in app if "__pycache__" not in f and not f.endswith(".pyc")}
+    assert _published_from_the_root() == app
