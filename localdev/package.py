@@ -27,7 +27,13 @@ SITE_PACKAGES = ".python_packages/lib/site-packages"
 
 # Runs inside the installed copy: prints one JSON document.
 PROBE = r"""
-import inspect, json, subprocess, sys
+import inspect, json, logging, subprocess, sys
+startup = []
+class Lines(logging.Handler):
+    def emit(self, record):
+        startup.append(record.getMessage())
+logging.getLogger("function_app").addHandler(Lines())
+logging.getLogger("function_app").setLevel(logging.INFO)
 import function_app, numpy
 functions = [
     {"name": f.get_function_name(), "function_json": json.loads(f.get_function_json()),
@@ -36,7 +42,7 @@ functions = [
 ]
 check = subprocess.run([sys.executable, "-m", "shared.planning.native", "--check"], capture_output=True, text=True)
 print(json.dumps({
-    "function_app": function_app.__file__, "numpy": numpy.__file__, "functions": functions,
+    "function_app": function_app.__file__, "numpy": numpy.__file__, "functions": functions, "startup": startup,
     "kernels": {"ok": check.returncode == 0, "message": (check.stdout + check.stderr).strip()},
 }))
 """
@@ -48,6 +54,7 @@ class Probe:
     function_app: str  # where function_app was imported from
     numpy: str  # where a requirement was imported from
     functions: list[dict]  # name, function_json, is_async
+    startup: list[str]  # what the app logged when loaded (its version and fast path)
     kernels_ok: bool
     kernels_message: str
 
@@ -95,6 +102,7 @@ def probe(app: Path, python: Path) -> Probe:
         found["function_app"],
         found["numpy"],
         found["functions"],
+        found["startup"],
         found["kernels"]["ok"],
         found["kernels"]["message"],
     )
@@ -121,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         names = ", ".join(f["name"] for f in found.functions)
         print(f"package {args.package}: function_app imports; {len(found.functions)} functions indexed ({names})")
+        print(*found.startup, sep="\n")
         print(found.kernels_message)
     return 0
 

@@ -59,6 +59,8 @@ def test_the_installed_package_imports_indexes_every_function_and_runs_the_kerne
     assert indexed == {f.name: list(f.bindings) for f in describe_functions(function_app.app)}
     assert found.kernels_ok
     assert "self-test passed" in found.kernels_message
+    version = (app / "VERSION").read_text().strip()
+    assert found.startup == [f"ci-klaviyo-sync {version}: fast path kernels ({found.kernels_message.split(';')[0]})"]
 
 
 @pytest.mark.parametrize(
