@@ -7,6 +7,7 @@ the durable client are `async def` on the worker's event loop and keep blocking 
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -71,7 +72,20 @@ async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClie
     status, body = await api.call_async(start)
     if status != 202:
         return _reply(status, body)
-    return client.create_check_status_response(req, body["id"])
+    return _run_started(req, client, body["id"])
+
+
+def _run_started(req: func.HttpRequest, client: df.DurableOrchestrationClient, run_id: str) -> func.HttpResponse:
+    """202 with the app's own status URL (``GET /api/runs/{id}``: progress, then the report; the caller's function
+    key, which is not repeated here) beside the durable extension's management URLs, as
+    ``create_check_status_response`` answers."""
+    links = client.get_client_response_links(req, run_id)
+    parts = urlsplit(req.url)
+    api_root = parts.path[: parts.path.rfind("/exports/")]  # the route prefix ("/api"), as the request came in
+    run_url = f"{parts.scheme}://{parts.netloc}{api_root}/runs/{quote(run_id, safe='')}"
+    body = {"id": run_id, "runStatusUri": run_url, **links}
+    headers = {"Location": links["statusQueryGetUri"], "Retry-After": "10"}
+    return func.HttpResponse(orjson.dumps(body), status_code=202, mimetype="application/json", headers=headers)
 
 
 @bp.route(route="runs/{instance_id}", methods=["GET"])

@@ -56,8 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     host = sub.add_parser("host", help="serve the Functions app locally: HTTP routes, durable API, blob events")
     host.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071)")
-    host.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs")
-    host.add_argument("--settings", help="a local.settings.json (default: the project's, if present)")
+    host.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between looks for new blobs (default 1)"
+    )
+    host.add_argument("--settings", help="a local.settings.json (default: ./local.settings.json, if present)")
+    host.add_argument(
+        "--storage",
+        choices=["azurite", "settings"],
+        help="azurite: start an Azurite of the host's own (default); settings: use AzureWebJobsStorage and "
+        "SEGMENTS_STORAGE as set (an emulator you run, or an account). Default: LOCALDEV_STORAGE, else azurite",
+    )
+    host.add_argument("--azurite-dir", help="where the host's own Azurite keeps its data (default .localdev/azurite)")
 
     demo = sub.add_parser("demo", help="Azurite + Klaviyo emulator + local host: a 100,000-profile export end to end")
     demo.add_argument("--rows", type=int, default=100_000, help="profiles in the generated export")
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "host":
             from localdev.host import serve
 
-            return serve(args.port, args.poll_interval, args.settings)
+            return serve(args.port, args.poll_interval, args.settings, args.storage, args.azurite_dir)
         if args.command == "demo":
             from localdev.demo import run_demo
 

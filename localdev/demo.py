@@ -128,6 +128,7 @@ def _summary(console: Console, host: LocalHost, azurite_blob_url: str, status: d
     durable = f"{host.base_url}/runtime/webhooks/durabletask/instances/{iid}?taskHub={host.task_hub}&connection=Storage"
     rows = [
         ("run status (API)", f"{host.base_url}/api/runs/{iid}?code={host.function_key}"),
+        ("run history", f"{host.base_url}/api/history?code={host.function_key}"),
         ("durable status", durable),
         ("report blob", f"{azurite_blob_url}/{reports}/runs/{EXPORT}/{iid}.json"),
         ("rejects file", f"{azurite_blob_url}/{reports}/{report.get('rejects_file', '')}"),
@@ -136,6 +137,10 @@ def _summary(console: Console, host: LocalHost, azurite_blob_url: str, status: d
     ]  # fmt: skip
     for label, value in rows:
         console.print(f"  [bold]{label:<17}[/bold] {value}", soft_wrap=True)
+    if extra["keep_running"]:
+        console.print("  These links work until you press Ctrl+C (--keep-running).")
+    else:
+        console.print("  These links stop working when the demo ends: run it with --keep-running to keep them alive.")
     verdict = report.get("status") or status["runtime_status"]
     console.print(
         f"\n[bold]{verdict}[/bold]: {report.get('rows_read', 0):,} rows read, "
@@ -186,6 +191,7 @@ def run_demo(rows: int = 100_000, port: int = 7071, keep_running: bool = False, 
                 "rows": rows,
                 "reports_container": settings["REPORTS_CONTAINER"],
                 "wall_s": time.monotonic() - started,
+                "keep_running": keep_running,
             }
             _summary(console, host, blob_url, status, extra)
             report = status.get("report") or {}

@@ -20,6 +20,8 @@
 * **Blob events.** :mod:`localdev.host_blobs` polls the blob trigger's container and delivers new or changed
   blobs that Event Grid's subscription filter would deliver, binding the trigger parameter to the type it is
   annotated with (an ``azure.storage.blob.BlobClient`` for the SDK type, through the extension's converter).
+  The blob extension's webhook (``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>`` with an
+  Event Grid ``BlobCreated`` event) delivers a blob on demand, as under Core Tools.
 
 Function code runs on one event loop of its own (the "worker"), apart from the HTTP server's loop, as in the
 Functions host, where the worker is a separate process; synchronous functions run on a thread pool.
@@ -65,12 +67,18 @@ DEFAULT_PORT = 7071
 HISTORY_CONTAINER = "durable-history"
 DEFAULT_TASK_HUB = "LocalHub"
 KEY_SETTING = "LOCAL_FUNCTION_KEY"
+BLOBS_WEBHOOK = "/runtime/webhooks/blobs"  # the blob extension's Event Grid endpoint
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's default limit on a request body
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 DIRECTIONS = {"in", "out", "inout"}
 _FUNCTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
 _BINDING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\$return")
 _SETTING_REF = re.compile(r"%([^%]+)%")
+# Azure's own 401 has no body; here the answer says what is missing (the key is printed when the host starts).
+UNAUTHORIZED = (
+    "this route needs a function key: add ?code=KEY or the header x-functions-key: KEY "
+    "(the local host prints its key when it starts; LOCAL_FUNCTION_KEY sets it)"
+)
 
 
 class HostError(RuntimeError):
@@ -654,7 +662,9 @@ class LocalHost:
         try:
             self.base_url = self._stack.enter_context(serve_in_thread(self._asgi_app(), self.bind, self.port))
         except OSError as exc:
-            raise HostError(f"cannot listen on {self.bind}:{self.port}: {exc.strerror or exc}") from None
+            raise HostError(
+                f"cannot listen on {self.bind}:{self.port}: {exc.strerror or exc} (--port 0 picks a free port)"
+            ) from None
 
         from localdev.durable import client_binding_json
 
@@ -841,6 +851,7 @@ class LocalHost:
         routes: list[Any] = [
             Mount(RPC_PREFIX, routes=durable_routes(self.driver)),
             Mount(WEBHOOK_PREFIX, routes=durable_routes(self.driver)),
+            Route(BLOBS_WEBHOOK, self._blob_webhook, methods=["POST"]),
         ]
         prefix = f"/{self.route_prefix}" if self.route_prefix else ""
         routes += [
@@ -848,6 +859,47 @@ class LocalHost:
             Route(prefix or "/", self._http, methods=list(HTTP_METHODS)),
         ]
         return Starlette(routes=routes)
+
+    async def _blob_webhook(self, request: Any) -> Any:
+        """The blob extension's Event Grid webhook, as Core Tools serves it: ``POST /runtime/webhooks/blobs?
+        functionName=Host.Functions.<name>`` with ``aeg-event-type: Notification`` and an array of Event Grid
+        ``BlobCreated`` events (Event Grid schema) delivers each blob to that function now. A subscription's
+        validation event is answered. In Azure this URL takes the ``blobs_extension`` system key; here, as the
+        durable webhooks, it is open on loopback."""
+        from azure.storage.blob import BlobClient
+        from starlette.responses import JSONResponse
+
+        name = request.query_params.get("functionName", "").removeprefix("Host.Functions.")
+        watch = self._watches.get(name)
+        if watch is None:
+            known = ", ".join(f"Host.Functions.{n}" for n in self._watches)
+            return JSONResponse({"error": f"functionName must be a blob trigger function: {known}"}, 404)
+        try:
+            events = json.loads(await request.body())
+            events = events if isinstance(events, list) else [events]
+            kind = request.headers.get("aeg-event-type", "")
+            if kind == "SubscriptionValidation":
+                return JSONResponse({"validationResponse": events[0]["data"]["validationCode"]})
+            if kind != "Notification":
+                return JSONResponse({"error": "the header aeg-event-type must be Notification"}, 400)
+            blobs = []
+            for event in events:
+                if event.get("eventType") != "Microsoft.Storage.BlobCreated":
+                    continue
+                blob = BlobClient.from_blob_url(event["data"]["url"])
+                if blob.container_name != watch.container:
+                    message = f"{name} watches container '{watch.container}', not '{blob.container_name}'"
+                    return JSONResponse({"error": message}, 400)
+                blobs.append(blob.blob_name)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            problem = "expected a JSON array of Event Grid events with data.url"
+            return JSONResponse({"error": f"{problem} ({type(exc).__name__}: {exc})"}, 400)
+        for blob_name in blobs:
+            try:
+                await asyncio.to_thread(self.deliver_blob, name, blob_name)
+            except Exception:  # logged by _invoke; Event Grid would retry
+                return JSONResponse({"error": f"{name} failed on {blob_name}: see the host's log"}, 500)
+        return JSONResponse({"delivered": blobs}, 202)
 
     def _match(self, path: str, method: str) -> tuple[FunctionInfo, dict[str, str]] | None:
         for template, methods, info in self._routes:
@@ -862,7 +914,7 @@ class LocalHost:
 
     async def _http(self, request: Any) -> Any:
         import azure.functions as func
-        from starlette.responses import Response
+        from starlette.responses import JSONResponse, Response
 
         raw = request.scope.get("raw_path") or request.scope["path"].encode()
         path = remove_dot_segments(raw.decode("latin-1"))
@@ -875,7 +927,7 @@ class LocalHost:
         info, route_params = found
         auth = str((info.trigger or {}).get("authLevel", "function")).lower()
         if auth != "anonymous" and not self._authorized(request):
-            return Response(status_code=401)
+            return JSONResponse({"error": UNAUTHORIZED}, status_code=401)
         body = await _read_body(request, MAX_REQUEST_BYTES)
         if body is None:
             return Response(status_code=413)
@@ -940,7 +992,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def banner(host: LocalHost) -> str:
+def banner(host: LocalHost, notes: Iterable[str] = ()) -> str:
     lines = ["", "Functions:", ""]
     for template, methods, info in sorted(host._routes, key=lambda r: r[2].name):
         shown = ",".join(sorted(m for m in methods if m != "HEAD"))
@@ -949,13 +1001,18 @@ def banner(host: LocalHost) -> str:
     for watch in host._watches.values():
         every = f"every {host.poll_interval:g} s" if host.poll_interval is not None else "off"
         lines.append(f"    {watch.function}: blobTrigger ({watch.source}) on {watch.container}/, polled {every}")
+        webhook = f"{host.base_url}{BLOBS_WEBHOOK}?functionName=Host.Functions.{watch.function}"
+        lines.append(f"        Event Grid events: POST {webhook}")
     others = [f for f in host.functions.values() if f.trigger_type not in ("httpTrigger", "blobTrigger")]
     for f in sorted(others, key=lambda f: (str(f.trigger_type), f.name)):
         lines.append(f"    {f.name}: {f.trigger_type}")
+    prefix = f"/{host.route_prefix}" if host.route_prefix else ""
     lines += [
         "",
+        f"Local host: {host.base_url} (the API under {prefix}/, the run history page at {prefix}/history)",
         f"Function key: {host.function_key}  (?code=KEY or header x-functions-key)",
         f"Durable task hub '{host.task_hub}': {host.base_url}/runtime/webhooks/durabletask/instances",
+        *notes,
     ]
     if host.resumed:
         lines.append(f"Resumed {len(host.resumed)} unfinished run(s): {', '.join(host.resumed)}")
@@ -963,28 +1020,45 @@ def banner(host: LocalHost) -> str:
     return "\n".join(lines)
 
 
-def serve(port: int = DEFAULT_PORT, poll_interval: float = 1.0, settings_file: str | None = None) -> int:
-    """``python -m localdev host``: serve until Ctrl+C (or SIGTERM)."""
+def serve(
+    port: int = DEFAULT_PORT,
+    poll_interval: float = 1.0,
+    settings_file: str | None = None,
+    storage: str | None = None,
+    azurite_dir: str | None = None,
+) -> int:
+    """``python -m localdev host``: serve until Ctrl+C (or SIGTERM). Settings come from ``settings_file`` (default:
+    ``local.settings.json`` in the current folder, as with Core Tools, if there is one) under the environment;
+    storage and Klaviyo the settings do not name are started here (:mod:`localdev.host_services`)."""
     import signal
 
+    from localdev.host_services import DEFAULT_AZURITE_DIR, start_local_services
+
     configure_logging()
-    if settings_file and not Path(settings_file).is_file():
+    path = Path(settings_file or "local.settings.json")
+    if settings_file and not path.is_file():
         print(f"error: no such settings file: {settings_file}", file=sys.stderr)
         return 2
-    host = LocalHost(port=port, poll_interval=poll_interval, settings_file=settings_file or LOCAL_SETTINGS)
-    try:
-        host.start()
-    except HostError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    stopped = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        print(banner(host), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            stopped.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        print("stopping the local host...", file=sys.stderr)
-        host.stop()
+    with ExitStack() as stack:
+        try:
+            values = {**load_local_settings(path), **os.environ}  # the environment wins, as in LocalHost
+            services = start_local_services(stack, values, storage, Path(azurite_dir or DEFAULT_AZURITE_DIR))
+            host = LocalHost(port=port, poll_interval=poll_interval, settings=services.settings, settings_file=path)
+            host.start()
+        except HostError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        stack.callback(host.stop)  # before the services it runs on stop
+        shown = f"Settings: {path.resolve()}" if path.is_file() else "Settings: none (no local.settings.json here)"
+        stopped = threading.Event()
+        # SIGTERM, and SIGHUP when the terminal closes: stop what was started here, Azurite and the emulator too.
+        previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            print(banner(host, [shown, *services.notes]), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                stopped.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            print("stopping the local host...", file=sys.stderr)
     return 0

@@ -16,9 +16,9 @@ from tests.fixtures.services import EMULATOR_KEY
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def new_list(url: str, name: str = "test") -> str:
+def new_list(url: str, name: str = "test", key: str = EMULATOR_KEY) -> str:
     async def go():
-        async with KlaviyoClient(EMULATOR_KEY, url) as client:
+        async with KlaviyoClient(key, url) as client:
             return await client.create_list(name)
 
     return asyncio.run(go())

@@ -178,6 +178,11 @@ def test_a_dry_run_answers_202_with_the_durable_status_urls(ctx):
     assert response.headers["location"] == urls["statusQueryGetUri"]
     for key in ("statusQueryGetUri", "sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"):
         assert urls[key].startswith(f"{ctx.host.base_url}/runtime/webhooks/durabletask/instances/{run_id}"), key
+    # The app's own status URL beside them: the run's progress, then its report, with the caller's function key.
+    assert urls["runStatusUri"] == f"{ctx.host.base_url}/api/runs/{run_id}"
+    assert FUNCTION_KEY not in response.text
+    own = ctx.api.request("GET", urls["runStatusUri"])
+    assert own.status_code == 200 and own.json()["instance_id"] == run_id
 
     status = poll(lambda: httpx.get(urls["statusQueryGetUri"]).json(), lambda s: s["runtimeStatus"] in TERMINAL)
     assert status["runtimeStatus"] == "Completed"

@@ -5,9 +5,14 @@ a host stopped mid-run and started again, and the demo."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import uuid
+from contextlib import ExitStack
 
 import azure.functions as func
 import httpx
@@ -15,8 +20,9 @@ import orjson
 import pytest
 
 import function_app
-from localdev.host import LocalHost, app_setting_defaults, check_function_metadata
+from localdev.host import HostError, LocalHost, app_setting_defaults, check_function_metadata
 from localdev.host_client import HostClient, app_settings
+from localdev.host_services import start_local_services
 from localdev.sample import email_for, write_ci_export
 from localdev.services import Azurite, run_emulator
 from shared.platform.storage import BlobStore
@@ -163,7 +169,9 @@ def test_broken_function_metadata_is_reported():
 def test_api_routes_need_the_function_key(azurite, emulator_url):
     with new_host(host_settings(azurite, emulator_url), poll_interval=None) as host:
         url = host.url("/api/exports")
-        assert httpx.get(url).status_code == 401
+        refused = httpx.get(url)
+        assert refused.status_code == 401
+        assert refused.json()["error"].startswith("this route needs a function key: add ?code=KEY or the header")
         assert httpx.get(url, params={"code": "not-the-key"}).status_code == 401
         assert httpx.get(url, headers={"x-functions-key": "not-the-key"}).status_code == 401
         assert httpx.get(url, params={"code": FUNCTION_KEY}).status_code == 200
@@ -264,20 +272,263 @@ def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushin
     assert list_emails(url, list_id) == {email_for(i) for i in range(5_000)}
 
 
+NOTIFICATION = {"aeg-event-type": "Notification", "Content-Type": "application/json"}
+
+
+def azurite_blob_url(azurite: Azurite) -> str:
+    return f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1"
+
+
+def documented_blob_event(operations: str) -> tuple[str, str]:
+    """The blob trigger's webhook URL (path and query) and Event Grid event from OPERATIONS.md's Core Tools steps."""
+    url = re.search(r'curl -sS -X POST "http://localhost:7071(/runtime/webhooks/blobs\?[^"]+)"', operations)[1]
+    event = re.search(r"--data @- <<EOF\n(.*?)\n\s*EOF\n", operations, re.DOTALL)[1]
+    return url, event
+
+
+def test_the_event_grid_event_operations_md_documents_fires_the_blob_trigger(azurite, emulator_url):
+    url, event = documented_blob_event((ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8"))
+    settings = host_settings(azurite, emulator_url)
+    container = settings["SEGMENTS_CONTAINER"]
+    list_id = new_list(emulator_url)
+    with new_host(settings, poll_interval=None) as host, HostClient(host.base_url, FUNCTION_KEY) as api:
+        api.put_connection("shop", EMULATOR_KEY)
+        api.put_export("weekly", export_body(list_id, settings))
+        model, etag = upload_export(azurite, settings, 800, partitions=2)
+        # The shell's substitutions, and this test's container and Azurite instead of the defaults.
+        body = (
+            event.replace("$(uuidgen)", str(uuid.uuid4()))
+            .replace("$(date -u +%FT%TZ)", "2026-12-04T22:00:00Z")
+            .replace("$MODEL", model)
+            .replace("http://127.0.0.1:10000/devstoreaccount1/segments/", f"{azurite_blob_url(azurite)}/{container}/")
+            .replace("/containers/segments/", f"/containers/{container}/")
+        )
+        endpoint = host.url(url)
+
+        assert httpx.post(endpoint, content=body).status_code == 400  # without aeg-event-type: Notification
+        wrong = httpx.post(endpoint.replace("on_segment_export", "nope"), content=body, headers=NOTIFICATION)
+        assert wrong.status_code == 404 and "Host.Functions.on_segment_export" in wrong.json()["error"]
+        fired = httpx.post(endpoint, content=body, headers=NOTIFICATION)
+        assert (fired.status_code, fired.json()) == (202, {"delivered": [model]})
+        status = api.wait_for_run(run_id_for("weekly", settings, model, etag), timeout=120)
+
+        validation = [
+            {"eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "data": {"validationCode": "c0de"}}
+        ]
+        answer = httpx.post(endpoint, json=validation, headers={"aeg-event-type": "SubscriptionValidation"})
+        assert answer.json() == {"validationResponse": "c0de"}
+    report = status["report"]
+    assert (status["runtime_status"], report["status"], report["profiles_imported"]) == ("Completed", "succeeded", 800)
+    assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(800)}
+
+
 # -- the demo ------------------------------------------------------------------------------------------------
 
 
-def test_the_demo_runs_an_export_end_to_end():
+def test_the_demo_runs_an_export_end_to_end_and_with_keep_running_its_links_work(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KEY_VAULT_URL", "AzureWebJobsStorage")}
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, "-m", "localdev", "demo", "--rows", "3000", "--port", "0"],
+    env.update(COLUMNS="200", PYTHONUNBUFFERED="1")
+    stderr = open(tmp_path / "demo.stderr", "w+b")  # closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localdev", "demo", "--rows", "3000", "--port", "0", "--keep-running"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "list members      3,000 (read back from the emulator" in proc.stdout
-    assert '"status": "succeeded"' in proc.stdout
+    lines = []
+    try:
+        for line in proc.stdout:  # until the demo waits for Ctrl+C (EOF if it ended instead)
+            lines.append(line)
+            if "press Ctrl+C to stop them" in line:
+                break
+        out = "".join(lines)
+        assert "list members      3,000 (read back from the emulator" in out, out
+        assert '"status": "succeeded"' in out
+        where = out[out.index("where to look") :]
+        assert "These links work until you press Ctrl+C (--keep-running)." in where
+
+        history = re.search(r"run history\s+(http\S+)", where)[1]
+        page = httpx.get(history)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "demo" in page.text and "3,000" in page.text
+        run = httpx.get(re.search(r"run status \(API\)\s+(http\S+)", where)[1]).json()
+        assert (run["runtime_status"], run["report"]["profiles_imported"]) == ("Completed", 3_000)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+        proc.stdout.close()
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
+        stderr.close()
+    assert code == 0, errors
+
+
+def test_the_demo_says_where_to_look_and_how_long_the_links_work():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from localdev.demo import _summary
+
+    host = SimpleNamespace(base_url="http://127.0.0.1:7071", task_hub="LocalHub", function_key="k3y")
+    status = {"instance_id": "demo.abc", "runtime_status": "Completed", "report": {"status": "succeeded"}}
+    extra = {"reports_container": "run-reports", "list_id": "L1", "klaviyo_url": "http://127.0.0.1:9", "members": 3}
+    extra.update(rows=3, wall_s=1.0)
+    for keep_running, says in [
+        (False, "These links stop working when the demo ends: run it with --keep-running to keep them alive."),
+        (True, "These links work until you press Ctrl+C (--keep-running)."),
+    ]:
+        console = Console(record=True, width=200)
+        _summary(
+            console, host, "http://127.0.0.1:10000/devstoreaccount1", status, {**extra, "keep_running": keep_running}
+        )
+        where = console.export_text()
+        assert "  run history       http://127.0.0.1:7071/api/history?code=k3y" in where
+        assert says in where
+
+
+# -- `python -m localdev host` on its own ----------------------------------------------------------------------
+
+HOST_ENV_SETTINGS = (
+    "AzureWebJobsStorage",
+    "SEGMENTS_STORAGE",
+    "KLAVIYO_BASE_URL",
+    "KLAVIYO_API_KEY",
+    "KEY_VAULT_URL",
+    "LOCALDEV_STORAGE",
+    "LOCAL_FUNCTION_KEY",
+)
+
+
+class HostProcess:
+    """``python -m localdev host`` in a child process (in ``cwd``, where it looks for local.settings.json), with
+    the lines it prints at start parsed; stopped with SIGTERM, as a service manager would."""
+
+    def __init__(self, cwd, *args: str):
+        env = {k: v for k, v in os.environ.items() if k not in HOST_ENV_SETTINGS}
+        env["PYTHONPATH"] = str(ROOT)
+        self.stderr = open(cwd / "host.stderr", "w+b")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localdev", "host", "--port", "0", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        self.lines: list[str] = []
+        for line in self.proc.stdout:  # the banner ends with this line; EOF if the host failed to start
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("Press Ctrl+C to stop."):
+                break
+        else:
+            self.stop()
+            raise AssertionError("the host did not start: " + self.stderr_text())
+
+    def line(self, prefix: str) -> str:
+        return next(line for line in self.lines if line.startswith(prefix))
+
+    def stderr_text(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        self.proc.stdout.close()
+        self.stderr.close()
+        return code
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("settings", ["none", "the example settings"])
+def test_localdev_host_needs_nothing_set_up_and_runs_on_its_own_azurite_and_emulator(tmp_path, settings):
+    if settings != "none":  # as a new user does: cp local.settings.example.json local.settings.json
+        shutil.copy(ROOT / "local.settings.example.json", tmp_path / "local.settings.json")
+    host = HostProcess(tmp_path)
+    try:
+        base_url = re.search(r"^Local host: (\S+)", host.line("Local host:")).group(1)
+        key = host.line("Function key:").split()[2]
+        storage = host.line("Storage:")
+        own_azurite = re.search(r"Azurite started by this host, blob endpoint http://127\.0\.0\.1:(\d+)/", storage)
+        blob_port = int(own_azurite[1])
+        klaviyo = re.search(r"^Klaviyo: the emulator at (\S+) .*API key (\S+)", host.line("Klaviyo:"))
+        assert klaviyo, host.lines  # never the real Klaviyo unless KLAVIYO_BASE_URL says so
+        emulator_url, emulator_key = klaviyo[1], klaviyo[2]
+        if settings != "none":  # UseDevelopmentStorage=true in the file is not attached to silently
+            assert "AzureWebJobsStorage and SEGMENTS_STORAGE from the settings not used" in storage
+
+        unauthorized = httpx.get(f"{base_url}/api/exports")
+        assert unauthorized.status_code == 401 and "function key" in unauthorized.json()["error"]
+        added = httpx.put(
+            f"{base_url}/api/connections/local",
+            json={"api_key": emulator_key, "accept_privacy_terms": True},
+            headers={"x-functions-key": key},
+        )
+        assert added.status_code == 200, added.text  # the key was checked against the emulator
+        list_id = new_list(emulator_url, key=emulator_key)
+        body = {
+            "connection": "local",
+            "list_id": list_id,
+            "source": {"kind": "cdm", "path_prefix": PREFIX},
+            "email_field": "Email",
+        }
+        assert httpx.put(f"{base_url}/api/exports/first", json=body, params={"code": key}).status_code == 201
+
+        # The configuration is in the host's own Azurite (the printed endpoint, Azurite's well-known account).
+        own = Azurite(blob_port, 0, 0).connection_string
+        configs = BlobStore.from_connection_string(own, "export-config")
+        assert configs.exists("connections/local.json") and configs.exists("exports/first.json")
+    finally:
+        code = host.stop()
+    assert code == 0, host.stderr_text()
+    assert not _port_open(blob_port)  # the host stopped the Azurite it started
+    if settings != "none":
+        return
+
+    again = HostProcess(tmp_path)  # its Azurite keeps its data in .localdev/azurite: the export is still there
+    try:
+        base_url = re.search(r"^Local host: (\S+)", again.line("Local host:")).group(1)
+        key = again.line("Function key:").split()[2]
+        assert [e["name"] for e in httpx.get(f"{base_url}/api/exports", params={"code": key}).json()] == ["first"]
+    finally:
+        assert again.stop() == 0, again.stderr_text()
+
+
+def test_storage_the_settings_name_is_used_only_when_said_so_and_the_host_says_which(tmp_path, azurite, emulator_url):
+    values = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SEGMENTS_STORAGE": azurite.connection_string,
+        "KLAVIYO_BASE_URL": emulator_url,
+    }
+    with ExitStack() as stack:
+        services = start_local_services(stack, {**values, "LOCALDEV_STORAGE": "settings"}, azurite_dir=tmp_path)
+    assert not services.azurite_started and not services.emulator_started
+    assert "AzureWebJobsStorage" not in services.settings  # the host keeps what the settings say...
+    storage = services.notes[0]
+    assert storage.startswith("Storage: as the settings say (LOCALDEV_STORAGE=settings)")
+    assert f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1" in storage  # ...and says which one
+    assert "AccountKey" not in storage and azurite.connection_string not in "\n".join(services.notes)
+    assert services.notes[1] == f"Klaviyo: {emulator_url} (KLAVIYO_BASE_URL)"
+
+    with ExitStack() as stack, pytest.raises(HostError, match="LOCALDEV_STORAGE=settings but SEGMENTS_STORAGE"):
+        start_local_services(stack, {"LOCALDEV_STORAGE": "settings", "AzureWebJobsStorage": "x"})
+    with ExitStack() as stack, pytest.raises(HostError, match="LOCALDEV_STORAGE must be one of azurite, settings"):
+        start_local_services(stack, {"LOCALDEV_STORAGE": "existing"})
+
+
+def test_two_hosts_never_share_one_azurite_folder(tmp_path, emulator_url):
+    with ExitStack() as first:
+        started = start_local_services(first, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path)
+        assert started.azurite_started
+        with ExitStack() as second, pytest.raises(HostError, match="another local host keeps its Azurite data in"):
+            start_local_services(second, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path)
+    with ExitStack() as after:  # free again once the first has stopped
+        assert start_local_services(after, {"KLAVIYO_BASE_URL": emulator_url}, azurite_dir=tmp_path).azurite_started
