@@ -66,6 +66,8 @@ class Probe:
             out.append(f"the requirements were imported from {self.numpy}, not from {SITE_PACKAGES}")
         if not self.functions:
             out.append("the worker would index no function")
+        if not self.startup:
+            out.append("the app logged no startup line (version and fast path) when loaded")
         if not self.kernels_ok:
             out.append(f"the C kernels are not active: {self.kernels_message}")
         return out
