@@ -69,9 +69,16 @@ async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClie
         roles = principal_roles(req.headers.get(PRINCIPAL))
         return await api.start_run(client, name, bool(_flag(req, "dry_run")), _flag(req, "full"), roles)
 
+    if req.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        # A browser posting from another site (the console's buttons are same-origin): refuse, so a page
+        # elsewhere cannot start runs with a signed-in operator's cookies.
+        return _reply(403, {"error": "runs are not started from other sites"})
     status, body = await api.call_async(start)
     if status != 202:
         return _reply(status, body)
+    if req.params.get("from") == "console":  # the console's buttons: on to the run's page
+        location = f"/api/history/{quote(body['id'], safe='.-_')}{_key_query(req)}"
+        return func.HttpResponse(status_code=303, headers={"Location": location})
     return _run_started(req, client, body["id"])
 
 
@@ -106,10 +113,55 @@ def connection_item(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
+def _key_query(req: func.HttpRequest) -> str:
+    """A function key given in the URL (a browser cannot send the header), carried on to the page's links."""
+    code = req.params.get("code")
+    return f"?code={quote(code, safe='')}" if code else ""
+
+
+def _html(status: int, body) -> func.HttpResponse:
+    if isinstance(body, str):
+        return func.HttpResponse(body, status_code=status, mimetype="text/html", charset="utf-8")
+    return _reply(status, body)
+
+
 @bp.route(route="history", methods=["GET"])
-def run_history(req: func.HttpRequest) -> func.HttpResponse:
-    """An HTML page of recent runs per export (function key, like every route here)."""
-    return func.HttpResponse(_api().history_page(), mimetype="text/html", charset="utf-8")
+@bp.durable_client_input(client_name="client")
+async def run_history(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """The run console: runs in progress and recent runs per export (function key, like every route here)."""
+    api = _api()
+
+    async def page():
+        roles = principal_roles(req.headers.get(PRINCIPAL))
+        return 200, await api.history_page(client, roles, _key_query(req))
+
+    return _html(*await api.call_async(page))
+
+
+@bp.route(route="history/{instance_id}", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+async def run_detail(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """One run's page: report, Klaviyo jobs, rejected rows by reason (or its live progress)."""
+    api, instance = _api(), req.route_params["instance_id"]
+
+    async def page():
+        roles = principal_roles(req.headers.get(PRINCIPAL))
+        return await api.run_page(client, instance, roles, _key_query(req))
+
+    return _html(*await api.call_async(page))
+
+
+@bp.route(route="runs/{instance_id}/rejects", methods=["GET"])
+def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
+    """The run's rejects file (NDJSON), as a download."""
+    api, instance = _api(), req.route_params["instance_id"]
+    status, body = api.call(lambda: api.rejects_file(instance, principal_roles(req.headers.get(PRINCIPAL))))
+    if status != 200:
+        return _reply(status, body)
+    disposition = f'attachment; filename="{instance}.rejects.ndjson"'  # the id was checked: [a-z0-9._-] only
+    return func.HttpResponse(
+        body, status_code=200, mimetype="application/x-ndjson", headers={"Content-Disposition": disposition}
+    )
 
 
 @bp.route(route="health", methods=["GET"])

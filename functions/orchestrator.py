@@ -81,6 +81,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 for result in map(_checked, results):
                     keep = ("unit", "submitted", "rejected", "warnings", "subscribed", "not_consented")
                     outcome["pushes"].append({k: result.get(k, 0) for k in keep})
+                    outcome["pushes"][-1]["warning_kinds"] = result.get("warning_kinds") or {}
                     job_ids += [job["id"] for job in result["jobs"]]
                     progress["profiles_submitted"] += result["submitted"]
                     progress["profiles_failed"] += result["rejected"]

@@ -105,6 +105,22 @@ param secretCacheTtlSeconds int = 300
 @maxValue(730)
 param logRetentionInDays int = 30
 
+@description('Email addresses told when a run alert fires (failed or partial runs, rejected rows, stale exports).')
+param alertEmailReceivers array = []
+
+@description('Optional webhook told when a run alert fires. Deployments record parameters: use a URL without a token (a Logic App or function with its own authentication), or add the webhook to the action group in the portal.')
+param alertWebhookUrl string = ''
+
+@description('Alert when a run rejects more than this percentage of the rows it read.')
+@minValue(1)
+@maxValue(100)
+param alertRejectedSharePercent int = 5
+
+@description('Alert when an export has had no successful run for this many hours (at most 46).')
+@minValue(1)
+@maxValue(46)
+param alertStaleAfterHours int = 26
+
 // Containers on the app account (names fixed by the app's defaults).
 var configContainerName = 'export-config'
 var workspaceContainerName = 'run-workspace'
@@ -146,6 +162,20 @@ module monitoring 'modules/monitoring.bicep' = {
     tags: allTags
     retentionInDays: logRetentionInDays
     publisherPrincipalId: identity.outputs.principalId
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: allTags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    namePrefix: '${prefix}-${token}'
+    emailReceivers: alertEmailReceivers
+    webhookUrl: alertWebhookUrl
+    rejectedSharePercent: alertRejectedSharePercent
+    staleAfterHours: alertStaleAfterHours
   }
 }
 
@@ -308,4 +338,6 @@ output segmentsContainerName string = segmentsContainerName
 output eventGridSystemTopicName string = eventGridTopic.outputs.name
 output applicationInsightsName string = monitoring.outputs.applicationInsightsName
 output logAnalyticsWorkspaceName string = monitoring.outputs.workspaceName
+output alertRuleNames array = alerts.outputs.alertRuleNames
+output runsWorkbookId string = alerts.outputs.workbookId
 output eventSubscriptionDeployed bool = deployEventSubscription

@@ -23,6 +23,25 @@ def _parse_fields(values: list[str]) -> dict[str, str]:
     return mappings
 
 
+def parse_notify(url: str | None, on: str) -> dict | None:
+    """--notify-url/--notify-on as the export configuration's `notify` ("rejects_over=0.05" sets the share)."""
+    if not url:
+        return None
+    events, share = [], None
+    for item in (part.strip() for part in on.split(",")):
+        name, sep, value = item.partition("=")
+        if name == "rejects_over":
+            try:
+                share = float(value) if sep else None
+            except ValueError:
+                raise ExportError(f"--notify-on: rejects_over wants a share such as 0.05, got {value!r}") from None
+            if share is None:
+                raise ExportError("--notify-on: rejects_over wants a share, e.g. rejects_over=0.05")
+        if item:
+            events.append(name)
+    return {"webhook_url": url, "on": events, "rejects_over": share}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localdev", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -48,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-removal-share", type=float, default=0.30, help="mirror mode: refuse larger removals")
     ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
     ex.add_argument("--delimiter", default=",", help="delimiter of a plain CSV source")
+    ex.add_argument("--notify-url", help="a webhook to POST the run's outcome to (https, or http to loopback)")
+    ex.add_argument(
+        "--notify-on",
+        default="failed,partially_succeeded",
+        metavar="LIST",
+        help="when to notify: failed, partially_succeeded, succeeded, superseded, rejects_over=SHARE (comma list)",
+    )
 
     sample = sub.add_parser("sample", help="write a generated Customer Insights export into a folder")
     sample.add_argument("folder")

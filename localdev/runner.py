@@ -82,6 +82,7 @@ def klaviyo_endpoint(url: str | None, list_id: str, dry_run: bool = False) -> It
 
 
 def run_export(args, on_progress=None) -> dict:
+    from localdev.cli import parse_notify
     from localdev.durable.driver import LocalDurableDriver
     from localdev.durable.store import LocalFolderHistoryStore
 
@@ -116,6 +117,7 @@ def run_export(args, on_progress=None) -> dict:
             else None
         ),
         mirror={"max_removal_share": args.max_removal_share} if args.mode == "mirror" else None,
+        notify=parse_notify(getattr(args, "notify_url", None), getattr(args, "notify_on", "")),
     )
     # From the command line the user runs with their own key: their running it is the acceptance.
     conn = Connection(
@@ -147,6 +149,7 @@ def run_export(args, on_progress=None) -> dict:
             reports_store=local_store(str(workdir / "reports")),
             klaviyo_base_url=base_url,
             allow_mass_removal=args.allow_mass_removal,
+            trigger="cli",
         )
         import function_app
 

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
 
-from shared.finishing.history import RUNS_SHOWN, recent_reports, render_page
+from shared.finishing.history import (
+    RUNS_SHOWN,
+    group_rejects,
+    recent_reports,
+    rejects_name,
+    render_page,
+    render_run,
+    report_name,
+)
 from shared.planning import native
 from shared.platform.config import (
+    NAME_RE,
     ConfigNotFoundError,
     ConfigStore,
     ConfigValidationError,
@@ -31,6 +41,8 @@ from shared.pushing.klaviyo.errors import KlaviyoError
 from shared.runs import ACTIVE, build_run, instance_id, latest_source
 
 MAX_BODY_BYTES = 256 * 1024
+# '<export>.<digest>[-m<time>]': an instance id names its export, and a blob path is built from it.
+INSTANCE_RE = re.compile(rf"{NAME_RE.pattern}\.[A-Za-z0-9-]{{1,64}}")
 Reply = tuple[int, dict | list]
 
 
@@ -162,7 +174,7 @@ class Api:
                 return error(409, f"export '{name}' is already running (instance {iid})")
         path, etag = await asyncio.to_thread(self._latest_source, cfg)
         iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", etag, datetime.now(UTC))
-        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full)
+        run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full, trigger="http")
         await client.start_new("export_orchestrator", iid, run)
         return 202, {"id": iid}
 
@@ -197,10 +209,76 @@ class Api:
         self.configs.get_export(name)
         return 200, recent_reports(self._reports(), name, limit)
 
-    def history_page(self) -> str:
-        """The run history of every configured export, as an HTML page."""
+    async def history_page(self, client=None, roles: set[str] | None = None, key_query: str = "") -> str:
+        """The run console: runs in progress (from the durable client, if given) and the run history of
+        every configured export, with "Run now" for the exports `roles` may run."""
+        history, can_run = await asyncio.to_thread(self._history, roles)  # storage reads: off the event loop
+        active = []
+        for status in (await client.get_status_by(runtime_status=None) or []) if client is not None else []:
+            state = status.runtime_status.value if status.runtime_status else ""
+            iid = status.instance_id or ""
+            if state in ACTIVE and INSTANCE_RE.fullmatch(iid):
+                active.append({
+                    "instance_id": iid, "export": iid.partition(".")[0], "runtime_status": state,
+                    "created_time": _iso(status.created_time), "progress": status.custom_status,
+                })  # fmt: skip
+        active.sort(key=lambda r: r["created_time"] or "", reverse=True)
+        return render_page(history, active, can_run, key_query)
+
+    def _history(self, roles: set[str] | None) -> tuple[dict, dict]:
+        """(recent reports per export, whether `roles` may run each export)."""
         reports = self._reports()
-        return render_page({name: recent_reports(reports, name) for name in self.configs.list_export_names()})
+        exports = self.configs.list_exports()
+        connections = {c.name: c for c in self.configs.list_connections()}
+        can_run = {cfg.name: cfg.connection in connections and may_use(connections[cfg.connection], roles)
+                   for cfg in exports}  # fmt: skip
+        return {cfg.name: recent_reports(reports, cfg.name) for cfg in exports}, can_run
+
+    def _check_run_access(self, instance: str, roles: set[str] | None) -> None:
+        """A run is seen by those who may use its export's connection (admins only once it is gone)."""
+        if not INSTANCE_RE.fullmatch(instance or ""):
+            raise _HttpError(404, f"no run with id '{instance[:80]}'")
+        if roles is None or "admin" in roles:
+            return
+        try:
+            cfg = self.configs.get_export(instance.partition(".")[0])
+            allowed = may_use(self.configs.get_connection(cfg.connection), roles)
+        except ConfigError:
+            allowed = False
+        if not allowed:
+            raise _HttpError(403, "you may not see runs of this export")
+
+    async def run_page(self, client, instance: str, roles: set[str] | None, key_query: str = "") -> tuple[int, str]:
+        """One run's page: its report, jobs and rejected rows by reason, or its live progress."""
+        finished = await asyncio.to_thread(self._finished_run, instance, roles)  # storage reads: off the event loop
+        report, status, groups, kinds = None, None, [], {}
+        if finished is not None:
+            report, groups, kinds = finished
+        else:
+            found = await client.get_status(instance) if client is not None else None
+            if found is None or found.runtime_status is None:
+                raise _HttpError(404, f"no run with id '{instance}'")
+            status = {"runtime_status": found.runtime_status.value, "progress": found.custom_status or {}}
+        return 200, render_run(instance, report, status, groups, kinds, key_query)
+
+    def _finished_run(self, instance: str, roles: set[str] | None) -> tuple[dict, list, dict] | None:
+        """(report, rejected rows by reason, counts by kind) of a finished run; None while it has no report."""
+        self._check_run_access(instance, roles)
+        reports = self._reports()
+        if not reports.exists(report_name(instance)):
+            return None
+        report, groups, kinds = orjson.loads(reports.read_bytes(report_name(instance))), [], {}
+        if reports.exists(rejects_name(instance)):
+            groups, kinds = group_rejects(reports.iter_bytes(rejects_name(instance)))
+        return report, groups, kinds
+
+    def rejects_file(self, instance: str, roles: set[str] | None) -> tuple[int, bytes]:
+        """The run's rejects file (NDJSON: partition, row, reason, kind per line)."""
+        self._check_run_access(instance, roles)
+        reports = self._reports()
+        if not reports.exists(rejects_name(instance)):
+            raise _HttpError(404, f"run '{instance}' has no rejects file (yet)")
+        return 200, reports.read_bytes(rejects_name(instance))
 
     # --- connections ---
 

@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
+from shared.finishing.notify import notify_run
 from shared.finishing.report import JobSummary, RunReport
+from shared.finishing.telemetry import emit_run_finished
 from shared.planning.columnar import ColumnarProfiles
 from shared.planning.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
-from shared.planning.profiles import ProfileMapper, email_key
+from shared.planning.profiles import PHONE_WARNING, ProfileMapper, email_key
 from shared.planning.units import PlanReader
 from shared.platform.errors import ExportError
 from shared.platform.runtime import open_store, secrets
@@ -191,6 +193,7 @@ def push(run: dict, index: int, unit: list[int]) -> dict:
         "submitted": sum(j["total"] for j in jobs),
         "rejected": len(record["rejected"]),
         "warnings": counts["warnings"],
+        "warning_kinds": counts["warning_kinds"],
         "subscribed": record["subscribed"],
         "not_consented": counts["not_consented"],
     }
@@ -202,7 +205,8 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
     now = datetime.now(UTC)
     key_by_locator: dict[int, int] = {}
     consenting: list[tuple[int, SubscribeProfile]] = []
-    counts = {"warnings": 0, "not_consented": 0}
+    counts = {"warnings": 0, "not_consented": 0, "warning_kinds": {}}
+    kinds = counts["warning_kinds"]  # the warnings by what they say (the console shows the breakdown)
 
     columnar: dict[str, ColumnarProfiles] = {}
     builder = BatchBuilder()
@@ -216,6 +220,8 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
             if built is not None:
                 made, sizes, ekeys, warnings = built
                 counts["warnings"] += warnings
+                if warnings:
+                    kinds[PHONE_WARNING] = kinds.get(PHONE_WARNING, 0) + warnings
                 locators = (chunk.chosen + chunk.first_gid).tolist()  # row ids: see PlanReader.where
                 key_by_locator.update(zip(locators, ekeys.tolist(), strict=True))
                 batches += builder.add_many(locators, made, sizes)
@@ -224,12 +230,15 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
             profile, warning = mapper.profile_json(row, email)
             if subscribing:
                 consented, consented_at, consent_warning = mapper.consent_of(row, now)
-                warning = warning or consent_warning
+                if consent_warning:
+                    kinds[consent_warning] = kinds.get(consent_warning, 0) + 1
                 if consented:
                     consenting.append((locator, SubscribeProfile(email, consented_at=consented_at)))
                 else:
                     counts["not_consented"] += 1
-            counts["warnings"] += warning is not None
+            if warning is not None:
+                kinds[warning] = kinds.get(warning, 0) + 1
+            counts["warnings"] += warning is not None or (subscribing and consent_warning is not None)
             key_by_locator[locator] = email_key(email)
             if (full := builder.add(locator, profile)) is not None:
                 batches.append(full)
@@ -343,6 +352,7 @@ def finish(run: dict, outcome: dict) -> dict:
         status="failed" if outcome.get("error") else ("superseded" if superseded_by else "succeeded"),
         dry_run=bool(run.get("dry_run")),
         mode=run.get("mode", "upsert"),
+        trigger=run.get("trigger"),
         mass_removal_override=bool((run.get("mirror") or {}).get("allow_mass_removal")),
         list_id=run.get("list_id"),
         source=planned.get("source"),
@@ -373,6 +383,9 @@ def finish(run: dict, outcome: dict) -> dict:
             report.profiles_imported = sum(j["completed"] for j in jobs.values())
             pushes = outcome.get("pushes") or []
             report.warnings = sum(p.get("warnings", 0) for p in pushes)
+            for push_result in pushes:
+                for what, n in (push_result.get("warning_kinds") or {}).items():
+                    report.warning_kinds[what] = report.warning_kinds.get(what, 0) + n
             report.profiles_subscribed = sum(p.get("subscribed", 0) for p in pushes)
             report.profiles_not_consented = sum(p.get("not_consented", 0) for p in pushes)
             report.profiles_removed = (outcome.get("removal") or {}).get("removed", 0)
@@ -397,6 +410,18 @@ def finish(run: dict, outcome: dict) -> dict:
         report.duration_s = round(time.monotonic() - started, 3)
     body = report.model_dump(mode="json")
     reports.write_bytes(report_name, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    # After the report is written: the webhook (whose outcome is recorded in the report, never its status)
+    # and the run's telemetry record.
+    located = {
+        **body,
+        "report_location": reports.describe(report_name),
+        "rejects_location": reports.describe(rejects_name),
+    }
+    notification = notify_run(run.get("notify"), located)
+    if notification is not None:
+        body["notification"] = notification
+        reports.write_bytes(report_name, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    emit_run_finished(body)
     return body
 
 

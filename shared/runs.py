@@ -47,6 +47,7 @@ def build_run(
     klaviyo_base_url: str | None = None,
     rate_limits: bool = True,
     allow_mass_removal: bool = False,
+    trigger: str = "http",
 ) -> dict:
     """The orchestration's input: small, and holding no secret (only the Key Vault secret's name)."""
     conn.require_accepted()
@@ -55,6 +56,7 @@ def build_run(
         "export": cfg.name,
         "list_id": cfg.list_id,
         "mode": cfg.mode,
+        "trigger": trigger,
         "dry_run": dry_run,
         "full_resync": cfg.full_resync if full_resync is None else full_resync,
         "max_profiles": cfg.max_profiles,
@@ -92,6 +94,8 @@ def build_run(
             "secret_name": conn.secret_name,
             "rate_limits": rate_limits,
         },
+        # The webhook is configuration, not a secret (logs and reports show it redacted): it travels like the rest.
+        "notify": cfg.notify.model_dump(mode="json") if cfg.notify else None,
         "wave_width": settings.push_wave_width,
         "chunk_rows": settings.chunk_rows,
         "poll_interval_s": settings.job_poll_interval_s,
@@ -128,7 +132,7 @@ async def runs_for_blob(
             continue
         try:
             conn = await asyncio.to_thread(configs.get_connection, cfg.connection)
-            run = build_run(cfg, conn, blob_path, settings, iid, **run_options)
+            run = build_run(cfg, conn, blob_path, settings, iid, trigger="blob", **run_options)
         except ConfigError as exc:
             outcomes.append({"export": cfg.name, "instance_id": iid, "started": False, "error": str(exc)})
             continue

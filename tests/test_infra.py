@@ -670,6 +670,87 @@ def test_application_insights_uses_entra_id_only(parsed: dict) -> None:
     assert render(args["publisherPrincipalId"]) == "identity.outputs.principalId"
 
 
+def _rules(parsed: dict) -> tuple[dict, dict[str, dict]]:
+    t = tree(parsed, "modules/alerts.bicep")
+    return t, {name: body(res)[0] for name, res in resources(t, "Microsoft.Insights/scheduledQueryRules").items()}
+
+
+def test_run_alerts_read_the_records_the_app_writes(parsed: dict) -> None:
+    """The alerts' base query reads the telemetry record as shared/finishing/telemetry.py writes it: the
+    same message prefix, the JSON after it, and only fields the record has."""
+    from shared.finishing.telemetry import PREFIX, run_record
+
+    t, _ = _rules(parsed)
+    runs = var(t, "runs")
+    assert f'where message startswith "{PREFIX}"' in runs
+    assert f"parse_json(substring(message, {len(PREFIX)}))" in runs
+    read = set(re.findall(r"\br\.(\w+)", runs))
+    assert read <= set(run_record({})), sorted(read - set(run_record({})))
+    assert {"export", "status", "dry_run", "rows_read", "rows_rejected", "profiles_failed"} <= read
+    assert "tobool(r.dry_run) == false" in runs  # a dry run sends nothing: it neither alerts nor counts
+
+
+def test_run_alerts_cover_failures_rejected_rows_and_stale_exports(parsed: dict) -> None:
+    t, rules = _rules(parsed)
+    assert set(rules) == {"failedRuns", "rejectedRows", "staleExports"}
+    for name, rule in rules.items():
+        props = rule["properties"]
+        assert rule["kind"] == "LogAlert", name
+        assert props["scopes"] == ["applicationInsightsId"], name
+        assert props["enabled"] is True, name
+        assert [render(a) for a in props["actions"]["actionGroups"]] == ["actionGroup.id"], name
+        [criterion] = props["criteria"]["allOf"]
+        assert criterion["query"].startswith("${runs}"), name
+        assert (criterion["operator"], criterion["threshold"], criterion["timeAggregation"]) == (
+            "GreaterThan", 0, "Count",
+        ), name  # fmt: skip
+        assert "export" in [d["name"] for d in criterion["dimensions"]], name  # one alert per export
+    failed = rules["failedRuns"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert 'where status in ("failed", "partially_succeeded")' in failed
+    rejected = rules["rejectedRows"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert "100.0 * rows_rejected / rows_read > ${rejectedSharePercent}" in rejected
+    assert default(t, "rejectedSharePercent") == 5
+    stale = rules["staleExports"]["properties"]
+    assert "ago(${staleAfterHours}h)" in stale["criteria"]["allOf"][0]["query"]
+    assert 'maxif(timestamp, status in ("succeeded", "partially_succeeded"))' in stale["criteria"]["allOf"][0]["query"]
+    # The rule looks back two days, so the threshold must stay inside that window.
+    assert stale["windowSize"] == "P2D"
+    limits = {d["type"]: d["argument"] for d in t["parameters"]["staleAfterHours"]["decorators"]}
+    assert limits["max_value"] < 48
+
+
+def test_action_group_emails_and_optional_webhook_come_from_parameters(parsed: dict) -> None:
+    t, _ = _rules(parsed)
+    _, group = only(t, "Microsoft.Insights/actionGroups")
+    assert group["location"] == "global"
+    emails = group["properties"]["emailReceivers"]
+    assert emails["loop_type"]["detail"]["array_name"] == "emailReceivers"
+    assert emails["config"]["emailAddress"] == "address"
+    webhook = group["properties"]["webhookReceivers"]["operator"]
+    assert webhook["operands"]["condition"]["function"]["parameters"]["item_to_test"] == "webhookUrl"
+    assert webhook["operands"]["true_value"] == []
+    main = tree(parsed, "main.bicep")
+    args = body(module_call(main, "modules/alerts.bicep"))[0]["params"]
+    assert render(args["applicationInsightsId"]) == "monitoring.outputs.applicationInsightsId"
+    assert (args["emailReceivers"], args["webhookUrl"]) == ("alertEmailReceivers", "alertWebhookUrl")
+    assert (args["rejectedSharePercent"], args["staleAfterHours"]) == (
+        "alertRejectedSharePercent",
+        "alertStaleAfterHours",
+    )
+
+
+def test_runs_workbook_charts_runs_per_export(parsed: dict) -> None:
+    t, _ = _rules(parsed)
+    _, workbook = only(t, "Microsoft.Insights/workbooks")
+    assert workbook["kind"] == "shared" and workbook["properties"]["sourceId"] == "applicationInsightsId"
+    queries = [item["content"] for item in var(t, "workbookItems") if item["type"] == 3]
+    assert {q["visualization"] for q in queries} >= {"barchart", "timechart", "table"}
+    text = " ".join(q["query"] for q in queries)
+    for column in ("profiles_submitted", "profiles_failed", "rows_rejected", "duration_s"):
+        assert column in text, column
+    assert all(q["query"].startswith("${runs}") and "export" in q["query"] for q in queries)
+
+
 def test_system_topic_watches_the_segments_account(parsed: dict) -> None:
     _, topic = only(tree(parsed, "modules/eventgrid-topic.bicep"), "Microsoft.EventGrid/systemTopics")
     assert topic["properties"] == {"source": "storageAccountId", "topicType": "Microsoft.Storage.StorageAccounts"}

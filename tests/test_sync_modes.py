@@ -65,6 +65,10 @@ def test_subscribe_only_those_with_recorded_consent(tmp_path, emulator_url):
     assert code == 0, err
     assert (report["profiles_subscribed"], report["profiles_not_consented"]) == (4, 3)
     assert report["warnings"] == 2
+    assert report["warning_kinds"] == {
+        "consented-at is not an ISO 8601 date; subscribed without it": 1,
+        "consented-at is in the future; subscribed without it": 1,
+    }
     assert list_emails(emulator_url, list_id) == {email_for(i) for i in cases}
     consent = consent_by_email(emulator_url, [email_for(i) for i in cases])
     subscribed = {i for i in cases if consent[email_for(i)]["consent"] == "SUBSCRIBED"}

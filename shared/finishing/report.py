@@ -24,6 +24,7 @@ class RunReport(BaseModel):
     status: RunStatus
     dry_run: bool = False
     mode: str = "upsert"
+    trigger: str | None = None  # "blob" (an export landed), "http" (run now), "cli"
     list_id: str | None = None
     source: str | None = None
     entity: str | None = None
@@ -39,6 +40,7 @@ class RunReport(BaseModel):
     profiles_not_consented: int = 0
     mass_removal_override: bool = False
     warnings: int = 0
+    warning_kinds: dict[str, int] = Field(default_factory=dict)  # the warnings by what they say
     jobs: list[JobSummary] = Field(default_factory=list)
     rejects_sample: list[dict] = Field(default_factory=list)
     failures_sample: list[dict] = Field(default_factory=list)
@@ -47,6 +49,8 @@ class RunReport(BaseModel):
     ended_at: datetime | None = None
     duration_s: float | None = None
     error: str | None = None
+    # The webhook delivery, when the export's `notify` matched: url (redacted), delivered, attempts, error.
+    notification: dict | None = None
 
     def check_counts(self) -> bool:
         """rows_read = rows_rejected + duplicate_rows + unique profiles (sent or unchanged)."""

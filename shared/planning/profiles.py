@@ -19,6 +19,7 @@ from shared.platform.errors import ConfigError
 
 # Klaviyo's 100 KB per profile, as the client counts it (FlushPolicy.max_profile_bytes, kept equal by a test)
 MAX_PROFILE_BYTES = 100_000
+PHONE_WARNING = "phone number is not E.164; left out of the profile"
 
 _LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -151,7 +152,7 @@ class ProfileMapper:
                 if phone:
                     attrs["phone_number"] = phone
                 else:
-                    warning = "phone number is not E.164; left out of the profile"
+                    warning = PHONE_WARNING
         if self.location:
             loc = {key: row[i].strip() for i, key in self.location if row[i].strip()}
             if loc:

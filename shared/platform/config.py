@@ -24,11 +24,13 @@ matched against the blob's file name, one with ``/`` against the path below the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -204,6 +206,53 @@ class MirrorOptions(_Model):
     max_removal_share: float = Field(default=0.30, ge=0.0, le=1.0)
 
 
+NOTIFY_STATUSES = ("failed", "partially_succeeded", "succeeded", "superseded")
+NotifyOn = Literal["failed", "partially_succeeded", "succeeded", "superseded", "rejects_over"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_webhook_url(value: str) -> str:
+    """HTTPS, or plain HTTP to this machine only (local use): a run's counts never travel in clear text."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise _err("invalid_url", "must be an http(s) URL") from None
+    if parts.scheme == "https" and host:
+        return value
+    if parts.scheme == "http" and is_loopback(host):
+        return value
+    if parts.scheme == "http" and host:
+        raise _err("insecure_url", "must be https (plain http only to 127.0.0.1, ::1 or localhost)")
+    raise _err("invalid_url", "must be an https URL")
+
+
+class NotifyOptions(_Model):
+    """A webhook told about runs (Slack and Teams incoming webhooks show the body's `text`).
+
+    `on`: the statuses that post, and ``rejects_over`` for runs whose share of rejected rows (of rows read)
+    exceeds `rejects_over` (e.g. 0.05)."""
+
+    webhook_url: Annotated[str, AfterValidator(_check_webhook_url)] = Field(max_length=2048)
+    on: list[NotifyOn] = Field(default_factory=lambda: ["failed", "partially_succeeded"], min_length=1)
+    rejects_over: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _share(self) -> NotifyOptions:
+        if ("rejects_over" in self.on) != (self.rejects_over is not None):
+            raise _err("rejects_over", "'rejects_over' in on and a rejects_over share (e.g. 0.05) go together")
+        return self
+
+
 class ExportConfig(_Model):
     name: Name
     connection: Name
@@ -216,6 +265,7 @@ class ExportConfig(_Model):
     mirror: MirrorOptions | None = Field(default=None, validate_default=True)
     full_resync: bool = False
     max_profiles: int | None = Field(default=None, ge=1)
+    notify: NotifyOptions | None = None
     enabled: bool = True
 
     @field_validator("field_mappings")
