@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: setup demo test lint checkov pytest bench clean browser native package
+.PHONY: setup demo test lint checkov pytest bench clean browser native package fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PY) >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
@@ -43,6 +43,22 @@ package: $(NATIVE)
 	echo "$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)+$$(git describe --always --dirty 2>/dev/null || echo unknown)" \
 		> $(DIST)/app/VERSION
 
+# The kernels under AddressSanitizer and UndefinedBehaviorSanitizer, fuzzed against the Python paths for
+# SECONDS (tests/fuzz_native.py; a sanitizer report or a difference fails). Run it whenever fastpath.c changes.
+SECONDS ?= 60
+FUZZ_DIR := .fuzz
+FUZZ_LIB := $(FUZZ_DIR)/libfastpath.so
+$(FUZZ_LIB): shared/planning/native/fastpath.c
+	mkdir -p $(FUZZ_DIR) && cp $< $(FUZZ_DIR)/fastpath.c
+	cc -O1 -g -std=c11 -Wall -Wextra -Werror -fPIC -shared -fno-omit-frame-pointer \
+		-fsanitize=address,undefined -fno-sanitize-recover=all \
+		-DSOURCE_SHA256='"'$$(sha256sum $< | cut -c1-64)'"' -o $@ $(FUZZ_DIR)/fastpath.c
+
+fuzz: $(BIN)/.installed $(FUZZ_LIB)
+	LD_PRELOAD=$$(cc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FASTPATH_LIBRARY=$(FUZZ_LIB) \
+		$(BIN)/python -m tests.fuzz_native --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+
 setup: $(BIN)/.installed localdev/node_modules/.installed $(NATIVE)
 
 demo: setup
@@ -70,4 +86,4 @@ bench: setup
 	$(BIN)/python -m bench.bench_pipeline
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev $(NATIVE) dist
+	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev $(NATIVE) $(FUZZ_DIR) dist

@@ -26,7 +26,7 @@ class Superseded(Exception):
 def _checked(result):
     """Steps return {"fatal": reason} for what no retry can fix (see shared.pipeline.fatal_as_result)."""
     if isinstance(result, dict) and "fatal" in result:
-        raise Fatal(result["fatal"])
+        raise Fatal(result["fatal"], bool(result.get("bad_source")))
     return result
 
 
@@ -113,7 +113,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
     except Superseded:
         pass
     except Fatal as exc:
-        outcome["error"] = str(exc)
+        outcome["error"], outcome["bad_source"] = str(exc), exc.bad_source
     except Exception as exc:  # an activity failed after its retries: the run fails, with the reason in its report
         outcome["error"] = _one_line(exc)
 

@@ -100,6 +100,9 @@ param klaviyoBaseUrl string = 'https://a.klaviyo.com'
 @maxValue(3600)
 param secretCacheTtlSeconds int = 300
 
+@description('True when App Service authentication is configured on the function app: requests without a signed-in principal are refused (401) rather than trusted as an administrator.')
+param requirePrincipal bool = false
+
 @description('Days that logs are kept in Log Analytics.')
 @minValue(30)
 @maxValue(730)
@@ -260,6 +263,7 @@ module functionApp 'modules/functionapp.bicep' = {
     pushWaveWidth: pushWaveWidth
     klaviyoBaseUrl: klaviyoBaseUrl
     secretCacheTtlSeconds: secretCacheTtlSeconds
+    requirePrincipal: requirePrincipal
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     keyVaultUri: keyVault.outputs.uri
   }

@@ -39,6 +39,8 @@ param durableTaskHubName = 'CiKlaviyoSync'
 param pushWaveWidth = 8
 param klaviyoBaseUrl = 'https://a.klaviyo.com'
 param secretCacheTtlSeconds = 300
+// true once App Service authentication is configured on the app (see docs/OPERATIONS.md, Access).
+param requirePrincipal = bool(readEnvironmentVariable('CIKS_REQUIRE_PRINCIPAL', 'false'))
 param maximumInstanceCount = 40
 param instanceMemoryMB = 2048
 param appStorageSkuName = 'Standard_GRS'

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--consented-at-field", help="subscribe mode: the column with when consent was given")
     ex.add_argument("--max-removal-share", type=float, default=0.30, help="mirror mode: refuse larger removals")
     ex.add_argument("--allow-mass-removal", action="store_true", help="mirror mode: override the removal guard")
+    ex.add_argument(
+        "--max-reject-share", type=float, help="fail before sending when more rows than this share are rejected (0.2)"
+    )
     ex.add_argument("--delimiter", default=",", help="delimiter of a plain CSV source")
     ex.add_argument("--notify-url", help="a webhook to POST the run's outcome to (https, or http to loopback)")
     ex.add_argument(
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if report["status"] not in ("succeeded", "partially_succeeded"):
                 print(f"error: {report.get('error') or 'the run failed'}", file=sys.stderr)
-                return 1
+                return 2 if report.get("bad_source") else 1  # a source that cannot be read, as below
             return 0
     except ExportError as exc:
         if args.debug:

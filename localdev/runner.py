@@ -106,6 +106,7 @@ def run_export(args, on_progress=None) -> dict:
         field_mappings=fields,
         mode=args.mode,
         max_profiles=args.max_profiles,
+        **({"max_reject_share": args.max_reject_share} if args.max_reject_share is not None else {}),
         full_resync=args.full,
         subscribe=(
             {

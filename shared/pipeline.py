@@ -23,7 +23,8 @@ from shared.planning.columnar import ColumnarProfiles
 from shared.planning.plan import KEYS_DTYPE, PlanOptions, SyncState, plan_export
 from shared.planning.profiles import PHONE_WARNING, ProfileMapper, email_key
 from shared.planning.units import PlanReader
-from shared.platform.errors import ExportError
+from shared.platform.config import DEFAULT_MAX_REJECT_SHARE
+from shared.platform.errors import ExportError, SourceError
 from shared.platform.runtime import open_store, secrets
 from shared.platform.storage import ObjectStore
 from shared.pushing import turns
@@ -44,7 +45,12 @@ MAX_JOB_LIST_ITEMS = 2_000  # how far back the account's job list is read before
 
 
 class Fatal(Exception):
-    """Raised in the orchestrator for a step that returned {"fatal": message}."""
+    """Raised in the orchestrator for a step that returned {"fatal": message}; `bad_source`: the export's
+    source cannot be read whole (a SourceError), rather than a limit, the configuration or Klaviyo."""
+
+    def __init__(self, message: str, bad_source: bool = False):
+        super().__init__(message)
+        self.bad_source = bad_source
 
 
 def fatal_as_result(step):
@@ -59,7 +65,7 @@ def fatal_as_result(step):
         except (ExportError, KlaviyoError) as exc:
             if isinstance(exc, KlaviyoUnavailable):
                 raise
-            return {"fatal": fatal_message(exc)}
+            return {"fatal": fatal_message(exc), "bad_source": isinstance(exc, SourceError)}
 
     return wrapper
 
@@ -155,6 +161,7 @@ def plan(run: dict) -> dict:
         state=state,
         mirror_share=mirror["max_removal_share"] if mirror else None,
         allow_mass_removal=bool(mirror and mirror.get("allow_mass_removal")),
+        max_reject_share=run.get("max_reject_share"),
     )
     summary = plan_export(source, mapper, workspace, prefix, options)
     if run.get("list_id") and not run.get("dry_run"):
@@ -354,6 +361,9 @@ def finish(run: dict, outcome: dict) -> dict:
         mode=run.get("mode", "upsert"),
         trigger=run.get("trigger"),
         mass_removal_override=bool((run.get("mirror") or {}).get("allow_mass_removal")),
+        max_reject_share=run.get("max_reject_share"),
+        reject_share_override=(run.get("max_reject_share") or 0) > DEFAULT_MAX_REJECT_SHARE,
+        bad_source=bool(outcome.get("bad_source")),
         list_id=run.get("list_id"),
         source=planned.get("source"),
         entity=planned.get("entity"),

@@ -47,6 +47,7 @@ def build_run(
     klaviyo_base_url: str | None = None,
     rate_limits: bool = True,
     allow_mass_removal: bool = False,
+    max_reject_share: float | None = None,
     trigger: str = "http",
 ) -> dict:
     """The orchestration's input: small, and holding no secret (only the Key Vault secret's name)."""
@@ -60,6 +61,7 @@ def build_run(
         "dry_run": dry_run,
         "full_resync": cfg.full_resync if full_resync is None else full_resync,
         "max_profiles": cfg.max_profiles,
+        "max_reject_share": cfg.max_reject_share if max_reject_share is None else max_reject_share,
         "source": {
             "store": source_store or blob_store("segments", cfg.source.container),
             "name": source_path,

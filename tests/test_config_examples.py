@@ -138,7 +138,7 @@ def test_the_examples_are_accepted_by_the_api_and_stored_as_written(azurite, emu
         assert {k: stored[k] for k in connection if k != "accept_privacy_terms"} == {
             k: v for k, v in connection.items() if k != "accept_privacy_terms"
         }
-        assert stored["privacy_acceptance"]["accepted_by"] == "function-key holder"
+        assert stored["privacy_acceptance"]["accepted_by"] == "function key"
 
         for path in EXPORT_EXAMPLES:
             example = load(path)

@@ -85,12 +85,12 @@ def poll(fetch, until, timeout: float = 120.0):
         time.sleep(0.1)  # polling a status URL: the condition is checked above
 
 
-def raw_request(base_url: str, method: str, target: str, body: bytes = b"") -> int:
+def raw_request(base_url: str, method: str, target: str, body: bytes = b"", headers: dict | None = None) -> int:
     """Send the request target exactly as given (no client-side normalisation of '..' or escapes)."""
     parts = urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        headers = {"x-functions-key": FUNCTION_KEY, "content-type": "application/json"}
+        headers = {"x-functions-key": FUNCTION_KEY, "content-type": "application/json", **(headers or {})}
         conn.request(method, target, body=body, headers=headers)
         return conn.getresponse().status
     finally:
@@ -250,7 +250,7 @@ def test_a_connection_key_is_checked_with_klaviyo_and_never_returned(ctx):
         assert EMULATOR_KEY not in answer.text
         assert "api_key" not in answer.json()
         assert answer.json()["secret_name"] == "klaviyo-acct"
-        assert answer.json()["privacy_acceptance"]["accepted_by"] == "function-key holder"
+        assert answer.json()["privacy_acceptance"]["accepted_by"] == "function key"
     assert EMULATOR_KEY.encode() not in ctx.configs().read_bytes("connections/acct.json")
 
 

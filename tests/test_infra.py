@@ -72,6 +72,7 @@ APP_SETTINGS = {
     "DURABLE_TASK_HUB",
     "PUSH_WAVE_WIDTH",
     "KLAVIYO_BASE_URL",
+    "AUTH_REQUIRE_PRINCIPAL",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
@@ -449,6 +450,16 @@ def test_app_setting_defaults_match_the_app(parsed: dict) -> None:
         if arg in values:
             literal = values[arg].strip("'")
             assert literal == str(want), f"main.bicepparam sets {arg} = {values[arg]}"
+
+
+def test_a_missing_principal_is_refused_where_app_service_authentication_is_configured(parsed: dict) -> None:
+    """AUTH_REQUIRE_PRINCIPAL follows a parameter (off by default: function keys only, as before)."""
+    value = app_settings(parsed)["AUTH_REQUIRE_PRINCIPAL"]
+    assert value["function"]["parameters"]["value_to_convert"] == "requirePrincipal"
+    main = tree(parsed, "main.bicep")
+    arg = body(module_call(main, "modules/functionapp.bicep"))[0]["params"]["requirePrincipal"]
+    assert main_value(main, arg) is False
+    assert "CIKS_REQUIRE_PRINCIPAL" in bicepparam()["requirePrincipal"]
 
 
 def test_task_hub_name_is_valid() -> None:

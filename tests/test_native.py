@@ -307,3 +307,18 @@ def test_bucket_records_is_a_stable_sort_by_bucket(bits):
     assert byte_counts.sum() == len(text)
     picked = np.array([4, 0, 17])
     assert native.email_lines(emails.slice(3, 20), picked) == "".join(f"{emails[3 + i]}\n" for i in picked).encode()
+
+
+# -- the fuzz harness (`make fuzz`) ---------------------------------------------------------------------------
+
+
+def test_the_fuzz_harness_runs_every_target_and_reports_a_difference(monkeypatch, capsys):
+    from tests import fuzz_native
+
+    assert fuzz_native.main(["--seed", "17", "--seconds", "0", "--case", "3"]) == 0  # one case, as to repeat one
+    for case in range(200):
+        for target in fuzz_native.TARGETS.values():
+            target(fuzz_native.random.Random(f"17:{case}"))
+    monkeypatch.setattr(native, "xxh3_64", lambda data: 0)  # a kernel gone wrong
+    assert fuzz_native.main(["--seed", "17", "--seconds", "5"]) == 1
+    assert "DIFFERENCE in xxh3, seed 17" in capsys.readouterr().err

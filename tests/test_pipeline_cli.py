@@ -109,7 +109,7 @@ def test_missing_partition_fails_before_anything_is_sent(tmp_path, emulator_url)
     store.delete(partition)
     list_id = new_list(emulator_url)
     code, report, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
-    assert code == 1
+    assert code == 2  # a source that cannot be read
     where = tmp_path / "src" / partition
     assert err.strip() == f"error: partition 'HighValueCustomers_2' named in model.json cannot be read: {where}"
     assert report["status"] == "failed" and report["rows_read"] == 0

@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from shared.platform.errors import SourceError
 from shared.platform.storage import BlobStore, LocalStore
 
 
@@ -41,7 +42,7 @@ def test_local_store_names_cannot_leave_its_folder(tmp_path):
     store.write_bytes("a/b.txt", b"x")
     assert store.read_bytes("a/../a/b.txt") == b"x"
     for name in ("../outside.txt", "a/../../outside.txt", "/etc/passwd"):
-        with pytest.raises(ValueError, match="escapes the store"):
+        with pytest.raises(SourceError, match="escapes the store"):
             store.write_bytes(name, b"y")
     assert not (tmp_path / "outside.txt").exists()
 

@@ -84,6 +84,9 @@ param klaviyoBaseUrl string
 @description('Seconds a Klaviyo key read from Key Vault is cached (a rotated key is used within this time).')
 param secretCacheTtlSeconds int
 
+@description('True when App Service authentication (Easy Auth) is configured on the app: the HTTP API then answers 401 to a request without a signed-in principal instead of trusting the function key holder as an administrator.')
+param requirePrincipal bool = false
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -234,6 +237,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'KLAVIYO_BASE_URL'
           value: klaviyoBaseUrl
+        }
+        {
+          name: 'AUTH_REQUIRE_PRINCIPAL'
+          value: string(requirePrincipal)
         }
         {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'

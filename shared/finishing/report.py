@@ -39,6 +39,9 @@ class RunReport(BaseModel):
     profiles_subscribed: int = 0
     profiles_not_consented: int = 0
     mass_removal_override: bool = False
+    max_reject_share: float | None = None  # the limit on rejected rows that applied
+    reject_share_override: bool = False  # that limit was raised above the default (DEFAULT_MAX_REJECT_SHARE)
+    bad_source: bool = False  # failed because the source cannot be read whole (nothing was sent)
     warnings: int = 0
     warning_kinds: dict[str, int] = Field(default_factory=dict)  # the warnings by what they say
     jobs: list[JobSummary] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,11 +29,11 @@ from shared.planning import native
 from shared.planning.columnar import ColumnarReader, lines_of
 from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
 from shared.planning.units import rows_of
-from shared.platform.errors import ExportError
+from shared.platform.errors import ExportError, SourceError
 from shared.platform.storage import ObjectStore
 from shared.reading import arrowtext
 from shared.reading.csvscan import Block, header_end, iter_pieces, parse_block, row_has_bad_bytes
-from shared.reading.formats import Partition
+from shared.reading.formats import CsvFormat, Partition
 from shared.reading.source import ExportSource
 
 REJECTS_SAMPLE = 20
@@ -64,6 +65,9 @@ class PlanOptions:
     state: SyncState | None = None
     mirror_share: float | None = None  # mirror mode: refuse removing more than this share of managed profiles
     allow_mass_removal: bool = False
+    # Refuse a run whose rejected rows are more than this share of the rows read (a wrong encoding, delimiter
+    # or a compressed partition rejects nearly every row); None: no limit.
+    max_reject_share: float | None = None
 
 
 def _locator(part: Partition, row: int) -> dict:
@@ -75,12 +79,15 @@ class _Rejects:
         self.lines: list[bytes] = []
         self.sample: list[dict] = []
         self.rejected = 0
+        self.reasons: Counter[str] = Counter()  # for the error line of a run with too many rejects
 
     def add(self, part: Partition, row: int, reason: str, kind: str = "rejected") -> None:
         item = {**_locator(part, row), "reason": reason, "kind": kind}
         self.lines.append(orjson.dumps(item))
         if kind == "rejected":
             self.rejected += 1
+            # A few kinds of reason in practice; the cap keeps a pathological source from growing it.
+            self.reasons[reason if reason in self.reasons or len(self.reasons) < 100 else "other reasons"] += 1
             if len(self.sample) < REJECTS_SAMPLE:
                 self.sample.append(item)
 
@@ -109,11 +116,12 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
     next_gid = 0
     rows_read = 0
 
+    readers: dict[CsvFormat, ColumnarReader] = {}  # one per format, not per partition
     for pidx, part in enumerate(source.partitions):
         start, row_no = 0, 1
         if part.fmt.header:
             start, row_no = header_end(source.store, part), 2
-        columnar = ColumnarReader(part.fmt, mapper)
+        columnar = readers.get(part.fmt) or readers.setdefault(part.fmt, ColumnarReader(part.fmt, mapper))
         chunk: list[int] | None = None
         for offset, piece in iter_pieces(source.store, part, start=start, block_bytes=PLAN_BLOCK_BYTES):
             if chunk is None:
@@ -141,6 +149,7 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
         if progress:
             progress(done_bytes, total_bytes)
 
+    _check_reject_share(opts, rejects, rows_read)
     # Per bucket of email keys (all rows of one email share a bucket): the later row wins, then the diff
     # against the last committed state. Buckets keep memory bounded whatever the row count, and their
     # sorted outputs concatenate into globally sorted keys.
@@ -253,6 +262,21 @@ def _plan_rows(block: Block, part: Partition, base: int, mapper, spill, rejects,
     return rows_read
 
 
+def _check_reject_share(opts: PlanOptions, rejects: _Rejects, rows_read: int) -> None:
+    """A source that rejects most of its rows is read wrongly (encoding, delimiter, compression), not a
+    segment of bad emails: fail before anything is sent, with the most common reasons."""
+    if opts.max_reject_share is None or not rows_read:
+        return
+    share = rejects.rejected / rows_read
+    if share > opts.max_reject_share:
+        top = "; ".join(f"{reason} ({n:,})" for reason, n in rejects.reasons.most_common(3))
+        raise SourceError(
+            f"{rejects.rejected:,} of {rows_read:,} rows were rejected ({share:.0%}, over the limit of "
+            f"{opts.max_reject_share:.0%}): {top}; nothing was sent. Check the export's encoding, delimiter and "
+            "files, or raise max_reject_share (--max-reject-share) if these rows are expected"
+        )
+
+
 def _mirror_removals(opts: PlanOptions, state: SyncState | None, keys_file, unique: int) -> np.ndarray:
     """Email keys this app put in the list earlier that are not in the segment any more; refused as a whole
     when they are more than the allowed share of what the app manages in the list (a broken or truncated
@@ -331,6 +355,8 @@ class _Spill:
             rec[:, E], rec[:, C], rec[:, G] = ekeys, ckeys, gids
             if not self.bits:
                 self.memory.append((rec, emails))
+                if len(self.memory) >= 256:  # many small partitions: one array, not an object per block
+                    self.memory = [self._joined()]
                 return
             bucket = rec[:, E] >> np.uint64(64 - self.bits)
             order = np.argsort(bucket.astype(np.uint16), kind="stable")  # a radix sort on 16-bit values
@@ -350,11 +376,15 @@ class _Spill:
                 texts.write(text[byte_bounds[b] : byte_bounds[b + 1]])
                 self.lengths[b].write(np.ascontiguousarray(lengths[lo:hi], "<i4"))
 
+    def _joined(self) -> tuple[np.ndarray, pa.StringArray]:
+        if not self.memory:
+            return np.empty((0, 3), np.uint64), pa.array([], pa.string())
+        return np.concatenate([r for r, _ in self.memory]), pa.concat_arrays([e for _, e in self.memory])
+
     def buckets(self):
         """(lowest key, highest key, records in row order, their emails) per bucket."""
         if not self.bits:
-            rec = np.concatenate([r for r, _ in self.memory]) if self.memory else np.empty((0, 3), np.uint64)
-            emails = pa.concat_arrays([e for _, e in self.memory]) if self.memory else pa.array([], pa.string())
+            rec, emails = self._joined()
             self.memory = []
             yield np.uint64(0), np.uint64(2**64 - 1), rec, emails
             return

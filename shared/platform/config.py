@@ -55,6 +55,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONTAINER_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 LIST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+DEFAULT_MAX_REJECT_SHARE = 0.2
 NAME_RULE = "must be 1-63 characters: lowercase letters, digits, '-' or '_', starting with a letter or digit"
 EXPORTS_PREFIX = "exports/"
 CONNECTIONS_PREFIX = "connections/"
@@ -265,6 +266,9 @@ class ExportConfig(_Model):
     mirror: MirrorOptions | None = Field(default=None, validate_default=True)
     full_resync: bool = False
     max_profiles: int | None = Field(default=None, ge=1)
+    # A run whose rejected rows are more than this share of the rows read fails before sending (a source
+    # read wrongly rejects nearly every row); a higher limit is recorded in the report as an override.
+    max_reject_share: float = Field(default=DEFAULT_MAX_REJECT_SHARE, ge=0.0, le=1.0)
     notify: NotifyOptions | None = None
     enabled: bool = True
 

@@ -29,6 +29,9 @@ class AppSettings(BaseSettings):
     key_vault_url: str = Field("", alias="KEY_VAULT_URL")
     secret_cache_ttl_s: float = Field(300.0, alias="SECRET_CACHE_TTL_S")
     klaviyo_base_url: str = Field("https://a.klaviyo.com", alias="KLAVIYO_BASE_URL")
+    # Set (by Bicep) where App Service authentication fronts the app: a request without a principal is 401.
+    # Unset, a function key holder without a principal is trusted as an administrator.
+    auth_require_principal: bool = Field(False, alias="AUTH_REQUIRE_PRINCIPAL")
 
     push_wave_width: int = Field(8, ge=1, le=64, alias="PUSH_WAVE_WIDTH")
     chunk_rows: int = Field(10_000, ge=100, le=1_000_000, alias="CHUNK_ROWS")

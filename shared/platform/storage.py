@@ -21,6 +21,10 @@ from shared.platform.errors import SourceError
 READ_CHUNK = 4 * 1024 * 1024
 
 
+class OutsideStoreError(SourceError):
+    """A name that would leave the store's root ('..'): fatal, as no retry makes it readable."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     name: str
@@ -90,7 +94,7 @@ class LocalStore:
         # Lexical, not realpath per call (that walked every folder of the path: 7% of a local run's CPU).
         path = os.path.normpath(os.path.join(self._real_root, name))
         if path != self._real_root and not path.startswith(self._real_root.rstrip(os.sep) + os.sep):
-            raise ValueError(f"name escapes the store: {name!r}")
+            raise OutsideStoreError(f"name escapes the store: {name[:300]!r}")
         return Path(path)
 
     def describe(self, name: str = "") -> str:
@@ -213,17 +217,23 @@ class BlobStore:
     def describe(self, name: str = "") -> str:
         return f"{self.container.url}/{name}" if name else self.container.url
 
+    def _blob(self, name: str):
+        # Blob names are not paths to the service, but a '..' segment in a URL is resolved on the way there.
+        if any(part in (".", "..") for part in name.replace("\\", "/").split("/")):
+            raise OutsideStoreError(f"name escapes the container: {name[:300]!r}")
+        return self.container.get_blob_client(name)
+
     def info(self, name: str) -> ObjectInfo:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            props = self.container.get_blob_client(name).get_blob_properties()
+            props = self._blob(name).get_blob_properties()
         except ResourceNotFoundError:
             raise SourceError(f"not found: {self.describe(name)}") from None
         return ObjectInfo(name, props.size, props.etag.strip('"'), props.last_modified.timestamp())
 
     def exists(self, name: str) -> bool:
-        return self.container.get_blob_client(name).exists()
+        return self._blob(name).exists()
 
     def read_bytes(self, name: str) -> bytes:
         return b"".join(self.iter_bytes(name))
@@ -238,19 +248,17 @@ class BlobStore:
         # the SDK only handles when no range was asked for.
         offset = None if start == 0 and length is None else start
         try:
-            downloader = self.container.get_blob_client(name).download_blob(
-                offset=offset, length=length, max_concurrency=1
-            )
+            downloader = self._blob(name).download_blob(offset=offset, length=length, max_concurrency=1)
         except ResourceNotFoundError:
             raise SourceError(f"not found: {self.describe(name)}") from None
         yield from downloader.chunks()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.container.get_blob_client(name).upload_blob(data, overwrite=True)
+        self._blob(name).upload_blob(data, overwrite=True)
 
     def write_file(self, name: str, fileobj: BinaryIO) -> None:
         """Streams the upload in blocks: a large file is never held in memory whole."""
-        self.container.get_blob_client(name).upload_blob(fileobj, overwrite=True, max_concurrency=2)
+        self._blob(name).upload_blob(fileobj, overwrite=True, max_concurrency=2)
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix or None))
@@ -261,7 +269,7 @@ class BlobStore:
         from azure.core.exceptions import ResourceExistsError
 
         try:
-            self.container.get_blob_client(name).upload_blob(data, overwrite=False)
+            self._blob(name).upload_blob(data, overwrite=False)
         except ResourceExistsError:
             return False
         return True
@@ -271,7 +279,7 @@ class BlobStore:
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         try:
-            self.container.delete_blob(name, etag=f'"{etag}"', match_condition=MatchConditions.IfNotModified)
+            self._blob(name).delete_blob(etag=f'"{etag}"', match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
@@ -280,7 +288,7 @@ class BlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         with contextlib.suppress(ResourceNotFoundError):
-            self.container.delete_blob(name)
+            self._blob(name).delete_blob()
 
 
 def split_blob_url(url: str) -> tuple[str, str, str]:

@@ -4,6 +4,11 @@ into a list of partitions with their columns and CSV format.
 model.json is the commit point: only the partitions it names are read. Column names and order come from
 the entity's attributes; where fileFormatSettings leaves a field out, the CDM defaults hold (no header
 row, ',' delimiter, '"' quoting, UTF-8).
+
+A model.json is read as untrusted input, and refused with one line (a SourceError: fatal, never retried) when
+it is over MAX_MODEL_BYTES, names more than MAX_PARTITIONS partitions (Customer Insights writes one to a few
+dozen per table), names one location twice, or names a location outside the export's folder ('.' or '..'
+segments, on every store); its fileFormatSettings must be an object of the documented types.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from shared.platform.storage import BlobStore, LocalStore, ObjectStore, split_bl
 from shared.reading.csvscan import read_header
 from shared.reading.formats import CsvFormat, Partition
 
+# A model.json of MAX_PARTITIONS partitions is under 1 MB; parsing JSON peaks at ~16 times its size.
+MAX_MODEL_BYTES = 4 * 1024 * 1024
+MAX_PARTITIONS = 5_000
+
 
 @dataclass
 class ExportSource:
@@ -35,22 +44,29 @@ class ExportSource:
         return f"{self.kind} export {self.entity!r} ({len(self.partitions)} partition(s), {len(self.columns)} columns)"
 
 
-def _format_from_cdm(settings: dict | None) -> CsvFormat:
-    settings = settings or {}
+def _format_from_cdm(settings) -> CsvFormat:
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise SourceError(f"fileFormatSettings in model.json must be an object, not {type(settings).__name__}")
     delimiter = settings.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
-        raise SourceError(f"unsupported CSV delimiter in model.json: {delimiter!r}")
-    quote_style = str(settings.get("quoteStyle", "QuoteStyle.Csv"))
-    encoding = str(settings.get("encoding", "UTF-8"))
+        raise SourceError(f"unsupported CSV delimiter in model.json: {str(delimiter)[:20]!r}")
+    header, quote_style, encoding = (
+        settings.get("columnHeaders", False),
+        settings.get("quoteStyle", "QuoteStyle.Csv"),
+        settings.get("encoding", "UTF-8"),
+    )
+    if not isinstance(header, bool) or not isinstance(quote_style, str) or not isinstance(encoding, str):
+        raise SourceError(
+            "fileFormatSettings in model.json: columnHeaders must be true or false, quoteStyle and encoding text"
+        )
     try:
         "".encode(encoding)
     except LookupError:
-        raise SourceError(f"unsupported encoding in model.json: {encoding!r}") from None
+        raise SourceError(f"unsupported encoding in model.json: {encoding[:40]!r}") from None
     return CsvFormat(
-        header=bool(settings.get("columnHeaders", False)),
-        delimiter=delimiter,
-        quoting=quote_style != "QuoteStyle.None",
-        encoding=encoding.lower(),
+        header=header, delimiter=delimiter, quoting=quote_style != "QuoteStyle.None", encoding=encoding.lower()
     )
 
 
@@ -61,8 +77,10 @@ def map_location(location: str, anchor: list[str]) -> str:
     folder sits, and what follows is the partition's path below it."""
     parsed = urlparse(location)
     parts = [p for p in unquote(parsed.path).split("/") if p]
+    if any(p in (".", "..") or "\\" in p for p in parts):
+        raise SourceError(f"partition location leaves the export's folder ('.' or '..'): {location[:300]}")
     if not parsed.scheme and not parsed.netloc:  # a relative location: already below the model's folder
-        return posixpath.normpath("/".join(parts))
+        return "/".join(parts)
     for width in range(len(anchor), 0, -1):
         tail = anchor[-width:]
         for start in range(len(parts) - width, -1, -1):
@@ -77,6 +95,11 @@ def load_cdm(store: ObjectStore, model_name: str, root_parts: list[str], entity:
     """`root_parts`: where the store's root sits (the container name for blobs, the folder's absolute path
     for a local copy), so partition URLs written for another account can be mapped onto it."""
     info = store.info(model_name)
+    if info.size > MAX_MODEL_BYTES:
+        raise SourceError(
+            f"model.json is {info.size:,} bytes, over the limit of {MAX_MODEL_BYTES // 2**20} MB: "
+            f"{store.describe(model_name)}"
+        )
     raw = store.read_bytes(model_name)
     try:
         model = orjson.loads(raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw)
@@ -100,19 +123,33 @@ def load_cdm(store: ObjectStore, model_name: str, root_parts: list[str], entity:
         raise SourceError(f"entity {chosen.get('name')!r} in model.json lists no usable attributes")
     model_dir = posixpath.dirname(model_name)
     anchor = [*root_parts, *(model_dir.split("/") if model_dir else [])]
-    partitions = []
-    for p in chosen.get("partitions") or []:
+    listed = chosen.get("partitions") or []
+    if not isinstance(listed, list):
+        raise SourceError(f"partitions of entity {chosen.get('name')!r} in model.json must be a list")
+    if len(listed) > MAX_PARTITIONS:
+        raise SourceError(
+            f"model.json names {len(listed):,} partitions for entity {chosen.get('name')!r}, over the limit of "
+            f"{MAX_PARTITIONS:,}: {store.describe(model_name)}"
+        )
+    partitions, seen, formats = [], set(), {}
+    for p in listed:
         location = p.get("location") if isinstance(p, dict) else None
         if not isinstance(location, str) or not location:
             raise SourceError(f"a partition of entity {chosen.get('name')!r} has no location")
         name = posixpath.join(model_dir, map_location(location, anchor))
+        if name in seen:
+            raise SourceError(f"model.json names the partition location {location[:300]} more than once")
+        seen.add(name)
+        fmt = _format_from_cdm(p.get("fileFormatSettings"))
+        fmt = formats.setdefault(fmt, fmt)  # one object per format, however many partitions share it
         try:
             pinfo = store.info(name)
         except SourceError:
             raise SourceError(
-                f"partition {p.get('name', name)!r} named in model.json cannot be read: {store.describe(name)}"
+                f"partition {str(p.get('name', name))[:200]!r} named in model.json cannot be read: "
+                f"{store.describe(name)}"
             ) from None
-        partitions.append(Partition(name, pinfo.size, pinfo.etag, _format_from_cdm(p.get("fileFormatSettings"))))
+        partitions.append(Partition(name, pinfo.size, pinfo.etag, fmt))
     if not partitions:
         raise SourceError(f"entity {chosen.get('name')!r} in model.json names no partitions")
     return ExportSource(
