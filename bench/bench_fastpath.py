@@ -1,20 +1,20 @@
 """CPU fast path on one core: read, validate, fingerprint (the plan pass), then read every unit back and build
 its bulk import bodies exactly as a push activity does (everything but the HTTP calls).
 
-    .venv/bin/python -m bench.bench_fastpath [--rows 1000000] [--runs 3]
+    .venv/bin/python -m bench.bench_fastpath [--rows 1000000] [--runs 3] [--samples clean,realistic]
 
 Each run is a fresh process pinned to one core (taskset when available), so its peak memory (ru_maxrss) is
-its own. Prints one JSON line per run, then the medians. Rates are given on wall time and on the process's
+its own. The clean and the realistic sample run side by side (see bench_plan). Prints one JSON line per
+run, then the medians of each sample and their ratio. Rates are given on wall time and on the process's
 CPU time: these shared VMs lose 5-10% of a core to their neighbours (steal), and CPU time leaves that out.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 
-from bench.bench_plan import OUT, pinned_runs
+from bench.bench_plan import OUT, medians, pinned_runs
 
 MAPPINGS = {
     "FirstName": "first_name",
@@ -64,9 +64,7 @@ def main() -> None:
     results = pinned_runs("bench.bench_fastpath", one_run)
     if results:
         keys = ("plan_rows_per_s", "fastpath_rows_per_s", "plan_rows_per_cpu_s", "fastpath_rows_per_cpu_s")
-        keys += ("plan_s", "bodies_s", "total_s", "plan_cpu_s", "bodies_cpu_s")
-        medians = {f"median_{k}": statistics.median(r[k] for r in results) for k in keys}
-        print(json.dumps({**medians, "max_peak_mb": max(r["peak_mb"] for r in results)}))
+        medians(results, (*keys, "plan_s", "bodies_s", "total_s", "plan_cpu_s", "bodies_cpu_s"))
 
 
 if __name__ == "__main__":

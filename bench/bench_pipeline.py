@@ -6,8 +6,11 @@ into the Klaviyo emulator over HTTP:
   changed   1% of rows changed (about N/100 profiles sent)
 
     .venv/bin/python -m bench.bench_pipeline [--rows 1000000] [--rate-limits klaviyo|off] [--job-latency 0]
+        [--samples clean,realistic] [--runs 1]
 
-Prints one JSON line per scenario: wall seconds, peak RSS of the command (MB), profiles sent.
+The clean sample and the realistic one (`localdev sample --realistic`) run side by side: each round runs
+the scenarios on one, then on the other, each from a fresh state and list. Prints one JSON line per
+scenario: wall seconds, peak RSS of the command (MB), profiles sent.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,9 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from localdev.sample import write_ci_export
+from bench.bench_plan import write_export
 from localdev.services import run_emulator
-from shared.platform.storage import LocalStore
 from shared.pushing.klaviyo.client import KlaviyoClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,15 +55,17 @@ def run_cli(source: Path, list_id: str, url: str, work: Path) -> dict:
     cmd = [sys.executable, "-m", "localdev", "export", str(source), "--list-id", list_id, "--email-field", "Email",
            "--klaviyo-url", url, "--workdir", str(work / "runs"), "--state", str(work / "state"),
            "--report", str(report), *MAPPINGS]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "KLAVIYO_API_KEY": KEY}, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "KLAVIYO_API_KEY": KEY}, stdout=subprocess.DEVNULL)
+    _, code, usage = os.wait4(proc.pid, 0)  # this command's own peak, not the highest of every child so far
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc.returncode = os.waitstatus_to_exitcode(code)
+    if proc.returncode:
+        raise SystemExit(f"the export command failed ({proc.returncode})")
     body = json.loads(report.read_text())
     return {
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(max(peak, before) / 1024, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "status": body["status"],
         "sent": body["profiles_submitted"],
         "unchanged": body["profiles_unchanged"],
@@ -77,23 +80,38 @@ def main() -> None:
     parser.add_argument("--rate-limits", choices=("klaviyo", "off"), default="klaviyo")
     parser.add_argument("--job-latency", default="0")
     parser.add_argument("--scenarios", default="full,unchanged,changed")
+    parser.add_argument("--samples", default="clean,realistic", help="clean, realistic or both (side by side)")
+    parser.add_argument("--runs", type=int, default=1, help="rounds (each runs every sample)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    try:
-        store = LocalStore(work / "src")
-        source = work / "src" / write_ci_export(store, args.rows, partitions=4)
-        emulator_args = ["--rate-limits", args.rate_limits, "--job-latency", args.job_latency]
-        with run_emulator(KEY, *emulator_args) as url:
-            list_id = new_list(url)
-            for scenario in args.scenarios.split(","):
-                if scenario == "changed":
-                    write_ci_export(store, args.rows, partitions=4, changed_every=100, version=1)
-                throttled = emulator_429s(url)
-                result = run_cli(source, list_id, url, work)
-                result["answered_429"] = emulator_429s(url) - throttled  # Klaviyo's "slow down", as counted there
-                print(json.dumps({"scenario": scenario, "rows": args.rows, "rate_limits": args.rate_limits, **result}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    emulator_args = ["--rate-limits", args.rate_limits, "--job-latency", args.job_latency]
+    with run_emulator(KEY, *emulator_args) as url:
+        for _ in range(args.runs):
+            for sample in args.samples.split(","):
+                realistic = sample == "realistic"
+                work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+                try:
+                    source = write_export(work / "src", args.rows, realistic=realistic)
+                    list_id = new_list(url)
+                    for scenario in args.scenarios.split(","):
+                        if scenario == "changed":
+                            write_export(work / "src", args.rows, changed_every=100, version=1, realistic=realistic)
+                        throttled = emulator_429s(url)
+                        result = run_cli(source, list_id, url, work)
+                        result["answered_429"] = emulator_429s(url) - throttled  # Klaviyo's "slow down", as counted
+                        print(
+                            json.dumps(
+                                {
+                                    "sample": sample,
+                                    "scenario": scenario,
+                                    "rows": args.rows,
+                                    "rate_limits": args.rate_limits,
+                                    **result,
+                                }
+                            ),
+                            flush=True,
+                        )
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
                 delay = min(MAX_POLL_S, delay * 1.5)
             if turn["status"] == "superseded":
                 outcome["superseded_by"] = turn["by"]
+                outcome["superseded_source_time"] = turn.get("by_source_time")
                 raise Superseded
         _status(context, "planning", progress)
         plan = _checked((yield context.call_activity_with_retry("plan_export", RETRY, run)))

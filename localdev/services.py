@@ -108,6 +108,6 @@ def run_emulator(api_key: str, *extra_args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)  # with --data it writes its store on the way out (a few s per million profiles)
         except subprocess.TimeoutExpired:
             proc.kill()

@@ -8,13 +8,16 @@ import io
 import sys
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shared.planning.plan as plan_module
+from localdev.sample import write_ci_export
 from shared.planning import native
 from shared.planning.columnar import ColumnarProfiles, ColumnarReader
 from shared.planning.plan import PlanOptions, SyncState, plan_export
@@ -84,22 +87,34 @@ def test_a_clean_export_takes_the_columnar_path_and_matches(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "arrow_takes_it"),
     [
-        q("9", "bad@", "x"),  # an invalid email
-        q("9", "K\u212a@example.com", "x"),  # a Kelvin sign lower-cases to an ASCII k in Python
-        q("9", "a@example.com"),  # a short row
-        "",  # a blank line: a record that is not a row
-        q("9", "a@example.com", "x" * 120_000),  # a profile over 100 KB
-        q("9", "\u00e9@example.com", "x"),  # a non-ASCII email
-        q("9", "a@example.com\n", "x"),  # a line break inside the email field
+        (q("9", "bad@", "x"), True),  # an invalid email
+        (q("9", "  ", "x"), True),  # a missing email
+        (q("9", "K\u212a@example.com", "x"), True),  # a Kelvin sign lower-cases to an ASCII k in Python
+        (q("9", "a@example.com"), True),  # a short row
+        (q("9", "a@example.com", "x", "y"), True),  # a long row
+        ("", False),  # a blank line: a record that is not a row (Arrow reads it as a row of empty fields)
+        (q("9", "a@example.com", "x" * 120_000), False),  # a profile over 100 KB
+        (q("9", "\u00e9@example.com", "x"), True),  # a non-ASCII email
+        (q("9", "a@example.com\n", "x"), True),  # a line break inside the email field
+        (q("9", "\u00a0a@example.com\x0b", "x"), True),  # white space str.strip() strips
+        (q("9", 'a""b@example.com', "x"), True),  # a quote in the email
     ],
+    ids=["invalid", "missing", "kelvin", "short", "long", "blank", "100KB", "non-ascii", "newline", "spaces", "quote"],
 )
-def test_one_bad_row_sends_its_block_down_the_row_path(tmp_path, monkeypatch, bad, plan_path):
+def test_a_bad_row_is_decided_in_place_and_its_block_stays_on_the_fast_path(
+    tmp_path, monkeypatch, bad, arrow_takes_it, plan_path
+):
+    """The row is rejected (or taken) with the row path's reason and row number, and the block it is in is
+    still read by the kernels (which leave at most that one record to the row path) or by Arrow."""
     lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(30)]
     lines.insert(17, bad)
     taken = _same_both_ways(tmp_path, {"a.csv": ("\r\n".join(lines) + "\r\n").encode()}, 200, monkeypatch)
-    assert set(taken) == {True, False}  # both paths ran: the bad row's block went row by row, clean ones column-wise
+    if plan_path == "kernels" or arrow_takes_it:
+        assert taken and all(taken)
+    else:
+        assert set(taken) == {True, False}  # that block went row by row, the others column-wise
 
 
 def test_a_field_over_the_csv_modules_default_limit_is_read_on_every_path(tmp_path, monkeypatch, plan_path):
@@ -108,17 +123,36 @@ def test_a_field_over_the_csv_modules_default_limit_is_read_on_every_path(tmp_pa
     lines = [q(str(i), f"p{i}@example.com", "N") for i in range(30)]
     lines[3] = q("3", "long@example.com", "x" * 200_000)  # FirstName is mapped: this profile is over 100 KB
     lines[7] = q("n" * 200_000, "p7@example.com", "N")  # an unmapped column: fine
-    lines[20] = q("20", "not an email", "N")  # sends its block down the row path
+    lines[20] = q("20", "not an email", "N")
     taken = _same_both_ways(tmp_path, {"a.csv": "\n".join(lines).encode()}, 1_000_000, monkeypatch)
-    assert not all(taken)  # the long rows were read row by row (before, the csv module failed the run there)
+    # The long rows were read row by row (before, the csv module failed the run there): by the kernels one
+    # record at a time, by Arrow with their blocks.
+    assert all(taken) == (plan_path == "kernels")
 
 
-def test_bad_utf8_and_non_utf8_encodings_take_the_row_path(tmp_path, monkeypatch, plan_path):
+def test_bad_utf8_is_rejected_in_place_by_the_kernels(tmp_path, monkeypatch, plan_path):
     lines = [q(str(i), f"p{i}@example.com", f"N{i}").encode() for i in range(20)]
     lines.insert(5, b'"5","x@example.com","Ev\xff"')  # in a mapped field
     lines.insert(12, b'"5\xff","y@example.com","Ev"')  # in a field that is not mapped: rejected all the same
+    lines.insert(15, b'"5","z@example.com","\xed\xa0\x80 \xc0\xaf"')  # a surrogate, an overlong form
     taken = _same_both_ways(tmp_path, {"a.csv": b"\n".join(lines)}, 120, monkeypatch)
-    assert set(taken) == {True, False}  # both paths ran: blocks with bad bytes went row by row, clean ones column-wise
+    if plan_path == "kernels":
+        assert all(taken)
+    else:  # without the kernels, blocks with bad bytes go row by row, clean ones column-wise
+        assert set(taken) == {True, False}
+
+
+def test_what_the_kernels_cannot_frame_goes_to_the_row_path_record_by_record(tmp_path, monkeypatch, plan_path):
+    """A quote inside a plain field, text after a closing quote, a bare carriage return: the csv module
+    reads those records (and finds where they end); the kernels read the rest of the block."""
+    lines = [q(str(i), f"p{i}@example.com", f"N{i}") for i in range(40)]
+    lines[3] = '3,p3@example.com,N"3'
+    lines[9] = '"9"x,p9@example.com,N9'
+    lines[20] = "20,p20@example.com,N\r20"
+    lines[30] = '30,"p30@example.com,N30'  # an unbalanced quote: it runs on to the next quote
+    taken = _same_both_ways(tmp_path, {"a.csv": "\n".join(lines).encode()}, 1_000_000, monkeypatch)
+    if plan_path == "kernels":
+        assert taken and all(taken)
 
 
 @pytest.mark.parametrize(
@@ -211,6 +245,57 @@ def test_both_paths_agree_on_any_input(tmp_path_factory, monkeypatch, rows, junk
     _same_both_ways(tmp_path, {"a.csv": data, "b.csv": data[: len(data) // 2]}, block, monkeypatch)
 
 
+# Dirt a real export can carry besides what the realistic sample writes, as whole CSV lines (bytes).
+REAL_DIRT = [
+    b'"C1","\xff\xfe@example.com","A","B","+1","X","US","Gold"',  # bad bytes in the email
+    b'"C1","a@example.com","Ann\xc3","B","+1","X","US","Gold"',  # a cut UTF-8 sequence in a name
+    '"C1","K\u212aate@example.com","A","B","+1","X","US","Gold"'.encode(),  # a Kelvin sign: lower() makes it k
+    '"C1","\u00a0pad@example.com\u2003","A","B","+1","X","US","Gold"'.encode(),  # Unicode white space
+    b'C1,plain@example.com,Ann "the" B,B,+1,X,US,Gold',  # quotes in a plain field
+    b'"C1"x,after@example.com,A,B,+1,X,US,Gold',  # text after a closing quote
+    b"C1,bare@example.com,A,B,+1,X\rUS,Gold",  # a bare carriage return
+    b"",  # a blank line
+    b'"C1","short@example.com"',  # a short row
+    b'"C1","long@example.com","A","B","+1","X","US","Gold","extra"',  # a long row
+    b'"C1","big@example.com","' + b"x" * 120_000 + b'","B","+1","X","US","Gold"',  # a profile over 100 KB
+    b'"C1","' + b"a" * 250 + b'@example.com","A","B","+1","X","US","Gold"',  # an email over 254 characters
+]
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    rows=st.integers(200, 3_000),
+    dirt=st.lists(st.tuples(st.integers(0, 3_000), st.sampled_from(REAL_DIRT)), max_size=6),
+    block=st.sampled_from([512, 4_096, 65_536, 1 << 20]),
+)
+def test_realistic_blocks_give_every_row_the_same_outcome_on_every_path(
+    tmp_path_factory, monkeypatch, rows, dirt, block, plan_path
+):
+    """The realistic sample's rows (missing, invalid and repeated emails, a short row, BOM, CRLF, quoted line
+    breaks, Unicode, internationalised emails), with more dirt put in: each row sent, rejected (same reason,
+    same row number) or a duplicate alike on the kernels, on Arrow and row by row."""
+    tmp_path = tmp_path_factory.mktemp("real")
+    store = LocalStore(tmp_path / "sample")
+    model = write_ci_export(store, rows, partitions=1, realistic=True)
+    part = next(p for p in store.list() if p.endswith(".csv"))
+    lines = store.read_bytes(part).split(b"\r\n")
+    for at, line in dirt:
+        lines.insert(1 + at % len(lines), line)  # after the first line: the BOM stays first
+    data = b"\r\n".join(lines)
+    exports = LocalStore(tmp_path / "exports")
+    source = load_cdm(exports, write_cdm(exports, sample_columns(store, model), {"a.csv": data}), ["exports"], None)
+    fast = _plan(tmp_path, "fast", source, columnar=True, block=block, monkeypatch=monkeypatch)
+    slow = _plan(tmp_path, "slow", source, columnar=False, block=block, monkeypatch=monkeypatch)
+    assert fast[0] == slow[0]
+    for name in FILES:
+        assert fast[1][name] == slow[1][name], name
+    assert slow[0]["rows_rejected"] > 0 and slow[0]["duplicate_rows"] > 0
+
+
+def sample_columns(store: LocalStore, model: str) -> list[str]:
+    return [a["name"] for a in orjson.loads(store.read_bytes(model))["entities"][0]["attributes"]]
+
+
 # -- profiles built column-wise for a push ------------------------------------------------------------------
 
 PUSH_COLS = ["Id", "Email", "First", "Phone", "City", "Tier", "Note"]
@@ -259,6 +344,30 @@ def test_profiles_built_column_wise_are_byte_for_byte_the_row_paths():
     assert built is not None
     assert _plain(built) == _row_path(data, mapper, [0, 1, 2, 3])
     assert built[3] == 1  # "not a phone" is left out with a warning
+
+
+@pytest.mark.parametrize("native_first", [True, False])
+def test_a_chunk_with_rows_the_plan_rejected_builds_its_profiles_on_the_fast_path(native_first):
+    """Rows of another width, blank lines and bad emails are never sent: a push skips them, and the other
+    rows' profiles are built by the kernels or column-wise by Arrow, byte for byte the row path's."""
+    rows = [[str(i), f"p{i}@example.com", f"N{i}", "", "Köln", "", ""] for i in range(12)]
+    rows[2] = rows[2][:3]  # short
+    rows[5] = [*rows[5], "extra"]  # long
+    rows[7] = []  # a blank line
+    rows[9][1] = "not an email"
+    data = _csv_bytes(rows)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    chosen = np.array([0, 1, 3, 4, 6, 8, 10, 11])
+    builder = ColumnarProfiles(CsvFormat(), mapper, native=native_first)
+    built = builder.build_chunk(data, len(rows), chosen)
+    assert built is not None
+    made, sizes, ekeys, warnings = built
+    expected, emails, expected_warnings = _row_path(data, mapper, chosen.tolist())
+    assert (made, warnings) == (expected, expected_warnings)
+    assert sizes.tolist() == [len(p) for p in made]
+    assert ekeys.tolist() == [xxhash.xxh3_64_intdigest(e) for e in emails]
+    # A row of another width is never one to send: asked for it, the chunk is not the planned one.
+    assert ColumnarProfiles(CsvFormat(), mapper, native=False).build(data, len(rows), np.array([2])) is None
 
 
 def test_control_characters_and_non_ascii_phones_go_row_by_row():

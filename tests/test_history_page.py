@@ -153,7 +153,7 @@ def test_run_detail_groups_rejects_by_reason_lists_jobs_and_serves_the_rejects_f
         reports.write_bytes(f"runs/weekly/{run_id}.rejects.ndjson", b"\n".join(map(orjson.dumps, lines)) + b"\n")
         jobs = [{"id": "job-1", "status": "complete", "total": 10_000, "completed": 9_999, "failed": 1}]
         reports.write_bytes(f"runs/weekly/{run_id}.json", synthetic_report(
-            "weekly", run_id, "2026-11-03T06:00:00+00:00", status="partially_succeeded", rows_read=11_211,
+            "weekly", run_id, "2026-11-03T06:00:00+00:00", status="partially_succeeded", rows_read=11_207,
             rows_rejected=1_204, duplicate_rows=3, profiles_submitted=10_000, profiles_imported=9_999,
             profiles_failed=1, jobs=jobs, rejects_file=f"runs/weekly/{run_id}.rejects.ndjson", mode="upsert",
             trigger="blob", ended_at="2026-11-03T06:02:00+00:00"))  # fmt: skip

@@ -61,20 +61,26 @@ def test_xxh3_equals_the_xxhash_library_at_every_length():
 
 
 def _fields(piece: bytes, width: int, skip: int = 0, stop: int = -1) -> list[list[str]] | None:
+    """The records as the scanner cuts them: a record's first `width` fields, and "+" for each one past
+    those (it counts them without recording them); None where it declines."""
     scanner = _Scanner(CsvFormat(), width, list(range(width)))
-    scanned = scanner.scan(piece, skip, stop)
-    if scanned is None:
+    records = scanner.scan(piece, skip, stop)
+    if records is None:
         return None
-    records, bounds, escaped = scanned
+    bounds, escaped = scanner.bounds, scanner.escaped
     out = []
     for r in range(records):
         row = []
-        for c in range(width):
+        for c in range(min(width, int(scanner.fields[r]))):
             start, end = bounds[2 * (r * width + c)], bounds[2 * (r * width + c) + 1]
             value = piece[start:end]
             row.append((value.replace(b'""', b'"') if escaped[r * width + c] else value).decode())
-        out.append(row)
+        out.append(row + ["+"] * (int(scanner.fields[r]) - width))
     return out
+
+
+def _as_scanned(rows: list[list[str]], width: int) -> list[list[str]]:
+    return [row[:width] + ["+"] * (len(row) - width) for row in rows]
 
 
 cell = st.text(alphabet=st.sampled_from(list('ab,"\r\n é')), max_size=5)
@@ -99,7 +105,7 @@ def test_fields_are_what_the_csv_module_reads(rows, ending, terminated, mangle, 
     if mangle is not None:
         text = text[: at % (len(text) + 1)] + mangle + text[at % (len(text) + 1) :]
     piece = text.encode()
-    parsed = list(csv.reader(io.StringIO(text, newline="")))
+    parsed = _as_scanned(list(csv.reader(io.StringIO(text, newline=""))), 3)
     fields = _fields(piece, 3)
     if fields is not None:
         assert fields == parsed
@@ -108,21 +114,29 @@ def test_fields_are_what_the_csv_module_reads(rows, ending, terminated, mangle, 
     # Records [1, 3) alone, the others only counted (a push): the same fields.
     if fields is not None and len(parsed) >= 3:
         assert _fields(piece, 3, 1, 3) == parsed[1:3]
+    # Where the scan declines, the records before the one it cannot frame are read all the same.
+    if fields is None and "\x00" not in text:
+        scanner = _Scanner(CsvFormat(), 3, [0, 1, 2])
+        assert scanner.scan(piece) is None
+        done, start = int(scanner.stats[1]), int(scanner.stats[2])
+        assert _fields(piece[:start], 3) == parsed[:done]
 
 
 def test_an_empty_range_of_records_scans_to_nothing():
-    assert _Scanner(CsvFormat(), 1, [0]).scan(b"a\nb\n", 1, 1)[0] == 0
+    assert _Scanner(CsvFormat(), 1, [0]).scan(b"a\nb\n", 1, 1) == 0
 
 
 def test_what_the_scanner_leaves_to_the_other_paths():
-    for piece in (b'a,"b"c,d\n', b'a,b"c,d\n', b"a,b\rc,d\n", b"a,b,c\n\nd,e,f\n", b'a,"b,c\n', b"a,b\n"):
+    for piece in (b'a,"b"c,d\n', b'a,b"c,d\n', b"a,b\rc,d\n", b'a,"b,c\n', b"a,\x00,c\n"):
         assert _fields(piece, 3) is None, piece
     assert _fields(b'a,"b\r\nc",d\r\ne,,\r\n', 3) == [["a", "b\r\nc", "d"], ["e", "", ""]]
+    # Rows of another width and blank lines are the plan's to reject: the scan counts their fields.
+    assert _fields(b"a,b,c\n\r\nd,e\nf,g,h,i\n\n", 3) == [["a", "b", "c"], [], ["d", "e"], ["f", "g", "h", "+"], []]
 
 
 # -- the plan pass: emails checked and keyed ------------------------------------------------------------------
 
-email_text = st.text(alphabet=st.sampled_from(list("aZ9.-@_+'xn é\t\"!")), min_size=0, max_size=24)
+email_text = st.text(alphabet=st.sampled_from(list("aZ9.-@_+'xn é\t\"!\x0b\u00a0\u212a")), min_size=0, max_size=24)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -133,18 +147,27 @@ email_text = st.text(alphabet=st.sampled_from(list("aZ9.-@_+'xn é\t\"!")), min_
         st.from_regex(r"[a-z]{1,5}@[a-z]{1,5}\.xn--[a-z0-9-]{1,4}", fullmatch=True),
     )
 )
-def test_an_email_is_accepted_exactly_when_the_pattern_accepts_it(email):
+def test_an_email_is_decided_exactly_as_the_row_path_decides(email):
+    """Accepted (with its key) or rejected as missing or invalid as the row path does: str.strip(), lower(),
+    the pattern; a non-ASCII email or a valid one over 240 bytes is left to the row path."""
     mapper = ProfileMapper(["Id", "Email"], "Email", {})
     piece = _csv_bytes([["1", email]])
     read = NativePlanReader(CsvFormat(), mapper).read(piece)
-    normal = email.strip(" \t").lower()
-    expected = email.isascii() and email_ok(normal) is not None and len(normal) <= 240
-    assert (read is not None) == expected
-    if read is not None:
-        rows, ekeys, ckeys, emails = read
-        assert rows == 1 and emails.to_pylist() == [normal]
-        assert ekeys.tolist() == [xxhash.xxh3_64_intdigest(normal)]
-        assert ckeys.tolist() == [xxhash.xxh3_64_intdigest("")]
+    assert read is not None and len(read.status) == 1
+    normal = email.strip().lower()
+    status = int(read.status[0])
+    if status == native.ROW_DEFER:
+        assert not email.strip().isascii() or (email_ok(normal) and len(normal) > 240)
+        assert read.deferred == {0: piece}
+    elif not normal:
+        assert status == native.ROW_MISSING_EMAIL
+    elif not email_ok(normal):
+        assert status == native.ROW_INVALID_EMAIL
+    else:
+        assert status == native.ROW_OK
+        assert read.emails.to_pylist() == [normal]
+        assert read.ekeys.tolist() == [xxhash.xxh3_64_intdigest(normal)]
+        assert read.ckeys.tolist() == [xxhash.xxh3_64_intdigest("")]
 
 
 def test_keys_and_fingerprints_equal_the_arrow_paths():
@@ -152,17 +175,25 @@ def test_keys_and_fingerprints_equal_the_arrow_paths():
     mapper = ProfileMapper(cols, "Email", {"First": "first_name", "Note": "properties.note"})
     rows = [[str(i), f" P{i}@Example.com\t", f'Ann "{i}"', "x\r\ny" * (i % 3)] for i in range(50)]
     piece = _csv_bytes(rows)
+    rows[7][1] = "not an email"
+    rows[9] = rows[9][:3]
+    piece = _csv_bytes(rows)
     fast = ColumnarReader(CsvFormat(), mapper, native=True).native.read(piece)
     arrow = ColumnarReader(CsvFormat(), mapper, native=False).read(piece)
     assert fast is not None and arrow is not None
-    assert fast[0] == arrow.rows == 50
-    assert fast[1].tolist() == arrow.ekeys.tolist()
-    assert fast[2].tolist() == arrow.ckeys.tolist()
-    assert fast[3].to_pylist() == arrow.emails.to_pylist()
+    assert fast.status.tolist() == arrow.status.tolist()
+    assert fast.status.tolist() == [native.ROW_OK] * 7 + [native.ROW_INVALID_EMAIL, 0, native.ROW_WIDTH] + [0] * 40
+    assert fast.fields == arrow.fields == {9: 3}
+    assert fast.ekeys.tolist() == arrow.ekeys.tolist()
+    assert fast.ckeys.tolist() == arrow.ckeys.tolist()
+    assert fast.emails.to_pylist() == arrow.emails.to_pylist()
     # A fingerprinted text over 240 bytes takes xxhash's long path: those rows are hashed by the library.
-    long_rows = [["1", "a@b.co", 'n"' * 150, "x"], ["2", "c@d.co", "short", ""]]
+    long_rows = [["1", "a@b.co", 'n"' * 150, "x"], ["2", "bad", "", ""], ["3", "c@d.co", "short", ""]]
     read = NativePlanReader(CsvFormat(), mapper).read(_csv_bytes(long_rows))
-    assert read[2].tolist() == [xxhash.xxh3_64_intdigest('n"' * 150 + "\x1fx"), xxhash.xxh3_64_intdigest("short\x1f")]
+    assert read.ckeys.tolist() == [
+        xxhash.xxh3_64_intdigest('n"' * 150 + "\x1fx"),
+        xxhash.xxh3_64_intdigest("short\x1f"),
+    ]
 
 
 def test_what_the_plan_kernel_leaves_to_the_other_paths():
@@ -250,6 +281,10 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
     rows = [[str(i), f"P{i}@example.com", f"N{i}", f"+1425555{i:04d}", "Köln", "", f'"{i}"'] for i in range(900)]
     rows[5][1] = "not an email"
     rows[7][3] = "12"
+    rows[9][1] = "  "  # a missing email
+    rows[11] = rows[11][:4]  # a short row
+    rows[13] = []  # a blank line (not a row)
+    rows[15][1] = "\u00e9@example.com"  # a non-ASCII email
     lines = _csv_bytes(rows)
     source = load_cdm(store, write_cdm(store, PUSH_COLS, {"a.csv": lines, "b.csv": lines[:5000]}), ["exports"], None)
     mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
@@ -275,10 +310,11 @@ def test_a_push_builds_the_same_jobs_with_and_without_the_kernels(tmp_path, monk
         return out
 
     fast = jobs(True)
-    assert all(taken) and len(taken) > len(summary["units"])  # every chunk of every unit: the kernel
+    # Every chunk of every unit, those with rows the plan rejected too: the kernel
+    assert all(taken) and len(taken) > len(summary["units"])
     slow = jobs(False)
     assert fast == slow
-    assert sum(len(batch[1]) for unit in fast for batch in unit[0]) == summary["profiles_to_send"] == 899
+    assert sum(len(batch[1]) for unit in fast for batch in unit[0]) == summary["profiles_to_send"] == 895
     assert sum(unit[2]["warnings"] for unit in fast) == 1  # row 7's phone (partition b's copy wins)
 
 

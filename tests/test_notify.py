@@ -214,5 +214,5 @@ def test_an_insecure_webhook_is_refused_with_one_line(tmp_path, emulator_url, so
     code, report, err = run_cli(tmp_path, source, "AnyList", emulator_url, "--notify-url", "http://hooks.example/x")
     assert code == 2 and report is None
     assert err.strip() == (
-        "error: invalid options: notify.webhook_url: must be https (plain http only to 127.0.0.1, ::1 or localhost)"
+        "error: invalid options: --notify-url: must be https (plain http only to 127.0.0.1, ::1 or localhost)"
     )

@@ -111,6 +111,8 @@ def test_missing_partition_fails_before_anything_is_sent(tmp_path, emulator_url)
     code, report, err = run_cli(tmp_path, tmp_path / "src" / model, list_id, emulator_url)
     assert code == 2  # a source that cannot be read
     where = tmp_path / "src" / partition
-    assert err.strip() == f"error: partition 'HighValueCustomers_2' named in model.json cannot be read: {where}"
+    assert [line for line in err.strip().splitlines() if not line.startswith("progress: ")] == [
+        f"error: partition 'HighValueCustomers_2' named in model.json cannot be read: {where}"
+    ]
     assert report["status"] == "failed" and report["rows_read"] == 0
     assert list_emails(emulator_url, list_id) == set()

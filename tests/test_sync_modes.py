@@ -40,6 +40,8 @@ def test_mirror_removes_who_left_and_guards_against_mass_removal(tmp_path, emula
     assert code == 1
     assert refused["status"] == "failed" and "mirror run refused" in refused["error"]
     assert "nothing was changed" in err
+    assert "it would remove 500 of the 900 profiles" in err.splitlines()[-1]
+    assert err.splitlines()[-1].endswith("(--allow-mass-removal)")
     assert list_emails(emulator_url, list_id) == members
 
     code, forced, err = run_cli(tmp_path, source, list_id, emulator_url, "--mode", "mirror", "--allow-mass-removal")

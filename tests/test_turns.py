@@ -32,7 +32,11 @@ def test_runs_of_one_export_take_turns_and_an_older_source_is_superseded(store):
     assert take_turn(store, "weekly", "run-b", 200.0)["status"] == "granted"
     end_turn(store, "weekly", "run-b", 200.0, ran=True)
     # An export written before the one that already ran must not undo it.
-    assert take_turn(store, "weekly", "run-old", 150.0) == {"status": "superseded", "by": "run-b"}
+    assert take_turn(store, "weekly", "run-old", 150.0) == {
+        "status": "superseded",
+        "by": "run-b",
+        "by_source_time": 200.0,
+    }
 
 
 def test_a_failed_run_releases_the_turn_without_superseding(store):

@@ -27,7 +27,14 @@ from localdev.durable.driver import (
 from localdev.durable.registry import DurableFunction, FunctionNotFoundError, Registry, registry_from_app
 from localdev.durable.replay import NonDeterminismError, UnsupportedActionError
 from localdev.durable.rpc import client_binding_json, durable_routes, durable_rpc_app, serve_in_thread
-from localdev.durable.store import BlobHistoryStore, HistoryStore, LocalFolderHistoryStore, MemoryHistoryStore
+from localdev.durable.store import (
+    BlobHistoryStore,
+    HistoryStore,
+    Lease,
+    LeaseHeld,
+    LocalFolderHistoryStore,
+    MemoryHistoryStore,
+)
 
 __all__ = [
     "BlobHistoryStore",
@@ -38,6 +45,8 @@ __all__ = [
     "InstanceExistsError",
     "InstanceNotFoundError",
     "InstanceStatus",
+    "Lease",
+    "LeaseHeld",
     "LocalDurableDriver",
     "LocalFolderHistoryStore",
     "MemoryHistoryStore",

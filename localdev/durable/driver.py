@@ -49,7 +49,7 @@ from localdev.durable.replay import (
     check_prefix,
     flat_actions,
 )
-from localdev.durable.store import HistoryStore, MemoryHistoryStore, Record
+from localdev.durable.store import HistoryStore, Lease, MemoryHistoryStore, Record
 
 log = logging.getLogger("localdev.durable")
 
@@ -307,6 +307,7 @@ class LocalDurableDriver:
         self._lock = threading.Lock()
         self._cond = threading.Condition()
         self._snapshots: dict[str, InstanceStatus] = {}
+        self._leases: list[Lease] = []
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -323,6 +324,18 @@ class LocalDurableDriver:
         self._timers.close()
         self._activities.shutdown(wait=True, cancel_futures=True)
         self._orchestrations.shutdown(wait=True, cancel_futures=True)
+        for lease in self._leases:
+            lease.release()
+        self._leases.clear()
+
+    def lease(self, instance_id: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> None:
+        """Take the store's lease on an instance before driving it (held until :meth:`close` or this process
+        ends), so two processes sharing a store never drive one instance at once. Waits for the holder
+        (telling ``on_wait`` who it is) or raises ``LeaseHeld`` with ``wait=False``. Take it before the
+        instance is first used (start_new, resume, wait_for_completion), which loads it from the store."""
+        lease = self.store.lease(instance_id, wait=wait, on_wait=on_wait)
+        if lease is not None:
+            self._leases.append(lease)
 
     # -- public API ------------------------------------------------------------------------------------
     def start_new(
@@ -380,11 +393,12 @@ class LocalDurableDriver:
         """Start an instance and wait until it is Completed, Failed or Terminated."""
         return self.wait_for_completion(self.start_new(name, instance_id, input), timeout)
 
-    def resume(self) -> list[str]:
-        """Pick up every unfinished instance in the store: re-run activities that were scheduled but never
-        reported back, re-arm timers, and run pending episodes. Returns the ids of those instances."""
+    def resume(self, instance_ids: Iterable[str] | None = None) -> list[str]:
+        """Pick up every unfinished instance in the store (or just ``instance_ids``): re-run activities that
+        were scheduled but never reported back, re-arm timers, and run pending episodes. Returns the ids of
+        those instances. Where the store shares it between processes, take :meth:`lease` first."""
         resumed = []
-        for instance_id in self.store.instance_ids():
+        for instance_id in self.store.instance_ids() if instance_ids is None else instance_ids:
             inst = self._instance(instance_id)
             if inst is None:
                 continue
@@ -778,7 +792,8 @@ class LocalDurableDriver:
             result_json = self.registry.call_activity(name, decision.input_json)
             event = H.task_completed(self.clock.now(), decision.event_id, result_json)
         except BaseException as exc:  # SystemExit from an activity too: report it, keep the worker
-            log.warning("activity %s of %s failed", name, instance_id, exc_info=exc)
+            # The retry policy decides what happens next; the failure itself is detail (--debug shows it).
+            log.info("activity %s of %s failed", name, instance_id, exc_info=exc)
             reason = f"Activity function '{name}' failed: {type(exc).__name__}: {exc}"
             details = "".join(traceback.format_exception_only(exc)).strip()
             event = H.task_failed(self.clock.now(), decision.event_id, reason, details)

@@ -14,8 +14,9 @@ import json
 import os
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -48,6 +49,13 @@ class HistoryStore(ABC):
             record = self.load(instance_id)
             if record is not None:
                 yield record
+
+    def lease(
+        self, instance_id: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+    ) -> Lease | None:
+        """The right to drive ``instance_id`` across processes; None where the store cannot share one
+        between processes (then one process per store, as the local host runs)."""
+        return None
 
 
 class MemoryHistoryStore(HistoryStore):
@@ -120,6 +128,9 @@ class LocalFolderHistoryStore(HistoryStore):
     def instance_ids(self) -> list[str]:
         return sorted(unquote(p.stem) for p in self.root.glob("*.json") if not p.name.startswith(".tmp-"))
 
+    def lease(self, instance_id: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Lease:
+        return take_lease(self.root / f"{_encode_id(instance_id)}.lease", instance_id, wait=wait, on_wait=on_wait)
+
 
 class BlobHistoryStore(HistoryStore):
     """One block blob per instance in an Azure Blob container (Azurite locally).
@@ -176,3 +187,70 @@ class BlobHistoryStore(HistoryStore):
             if name.endswith(".json") and "/" not in name:
                 ids.append(unquote(name[: -len(".json")]))
         return sorted(ids)
+
+
+class LeaseHeld(Exception):
+    """Another process drives the instance now (``holder`` says which, as it wrote it)."""
+
+    def __init__(self, instance_id: str, holder: str):
+        self.instance_id = instance_id
+        self.holder = holder
+        super().__init__(f"run {instance_id} is being driven by {holder}")
+
+
+class Lease:
+    """The right to drive one instance, held by this process until :meth:`release` or its exit.
+
+    An OS file lock (``fcntl.flock``) on ``<instance>.lease`` beside the history: the kernel releases it when
+    the holder's process ends however it ends (kill -9 included), so there are no timestamps to expire and a
+    dead holder is taken over at once. The file holds who took it (pid, command), for the waiting side.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def take_lease(
+    path: Path, instance_id: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+) -> Lease:
+    """Take the lease file's lock; if another process holds it: raise :class:`LeaseHeld` (``wait=False``), or
+    tell ``on_wait`` who holds it and block until it is released."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lease_holder(fd)
+            if not wait:
+                raise LeaseHeld(instance_id, holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        # Who holds it, for the waiting side: the pid and when (never the command line: it may hold a URL
+        # with a token in it).
+        me = f"process {os.getpid()} (since {time.strftime('%H:%M:%S')})".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Lease(path, fd)
+
+
+def _lease_holder(fd: int) -> str:
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    return text or "another process"

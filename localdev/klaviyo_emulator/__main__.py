@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
+import pickle
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -39,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-msgspec", action="store_true", help="parse bulk imports with orjson even if msgspec is installed"
     )
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--data",
+        help="keep lists, profiles and jobs in this file: loaded at start if it exists, written when stopped",
+    )
     args = p.parse_args(argv)
     if not 0.0 <= args.fault_rate <= 1.0:
         p.error("--fault-rate must be between 0 and 1")
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     app = create_app(config)
+    if args.data:
+        load_data(app.emulator, Path(args.data))
     # The store holds millions of long-lived objects; collecting young objects less often keeps bulk
     # ingestion fast (nothing here builds reference cycles worth collecting early).
     gc.set_threshold(100_000, 50, 100)
@@ -80,7 +89,22 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
+    if args.data:
+        save_data(app.emulator, Path(args.data))
     return 0
+
+
+def load_data(emulator, path: Path) -> None:
+    """The store a previous run of the emulator wrote (a pickle it wrote itself, in the user's workdir)."""
+    if path.exists():
+        emulator.store = pickle.loads(path.read_bytes())  # our own file, written by save_data
+        emulator.ids = emulator.store.ids
+
+
+def save_data(emulator, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(emulator.store, protocol=pickle.HIGHEST_PROTOCOL))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,19 @@ class RunReport(BaseModel):
         """rows_read = rows_rejected + duplicate_rows + unique profiles (sent or unchanged)."""
         unique = self.profiles_submitted + self.profiles_unchanged
         return self.rows_read == self.rows_rejected + self.duplicate_rows + unique
+
+    def count_problems(self) -> list[str]:
+        """The report's counts that contradict each other (none, unless something drove the run twice)."""
+        problems = []
+        if not self.check_counts():
+            problems.append(
+                f"rows read {self.rows_read:,} != rejected {self.rows_rejected:,} + duplicates "
+                f"{self.duplicate_rows:,} + submitted {self.profiles_submitted:,} + unchanged "
+                f"{self.profiles_unchanged:,}"
+            )
+        if self.profiles_imported + self.profiles_failed > self.profiles_submitted:
+            problems.append(
+                f"imported {self.profiles_imported:,} + failed {self.profiles_failed:,} > submitted "
+                f"{self.profiles_submitted:,}"
+            )
+        return problems

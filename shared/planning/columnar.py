@@ -1,13 +1,12 @@
 """The plan pass's columnar fast path: a block of whole records parsed by Arrow's CSV reader, then checked,
 keyed and fingerprinted a column at a time instead of a row at a time.
 
-It takes a block only when its result is certain to equal the row-by-row path's (the csv module's), and
-returns None otherwise, so that path keeps every edge case and owns every reject reason:
-- UTF-8 only, the whole block valid, and Arrow must parse it without an error (a record of the wrong width
-  is an error);
-- every email is ASCII (so lower-casing cannot differ) and passes the email check as it stands, after
-  trimming spaces and tabs (a blank line parses as a row of empty fields here, and fails this check);
-- no value is long enough that a profile could pass Klaviyo's 100 KB limit.
+Row-level problems are decided here as the row-by-row path (the csv module) decides them, row by row in
+place: a record of another width (Arrow's invalid-row handler names it), a missing or invalid email
+(trimmed as str.strip() does, lower-cased, then the email pattern), a non-ASCII email (str.lower() and the
+pattern on just that value). It returns None, and the row path reads the block, only where that could
+differ: not UTF-8 (or bytes not valid in it), a blank line (Arrow reads it as a row of empty fields), a
+value long enough that a profile could pass Klaviyo's 100 KB limit, a parse error.
 Records are counted alike: Arrow and the csv module both end a record at \\n, \\r or \\r\\n outside quotes
 (tests compare the two paths on generated CSV).
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -26,8 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import xxhash
 
-from shared.planning.native import NativePlanReader, NativeProfiles
-from shared.planning.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper
+from shared.planning.native import (
+    ROW_INVALID_EMAIL,
+    ROW_MISSING_EMAIL,
+    ROW_OK,
+    ROW_WIDTH,
+    NativePlanReader,
+    NativeProfiles,
+    PlanRead,
+)
+from shared.planning.profiles import EMAIL_BODY_PATTERN, MAX_PROFILE_BYTES, ProfileMapper, email_problem
 from shared.reading.arrowtext import data as _data
 from shared.reading.arrowtext import offsets as _offsets
 from shared.reading.csvscan import records_span
@@ -62,19 +68,13 @@ _hold_memory_flat()
 _EMAIL_RE2 = f"^{EMAIL_BODY_PATTERN}$"
 
 
-@dataclass
-class ColumnarBlock:
-    rows: int
-    ekeys: np.ndarray  # uint64 email keys, one per row
-    ckeys: np.ndarray  # uint64 content fingerprints
-    emails: pa.StringArray  # normalised emails
-
-
 class _ArrowCsv:
     """Arrow's CSV reader set up to read records exactly as the csv module does (see the module's doc)."""
 
     def __init__(self, fmt: CsvFormat, width: int, include: list[int], check_utf8: bool = True):
         self.usable = fmt.utf8 and len(fmt.delimiter) == 1
+        self.invalid: list[tuple[int, int]] = []  # the last read's records of another width: (index, fields)
+        self.unnumbered = False
         names = [f"c{i}" for i in range(width)]
         self.read_options = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 26)
         self.parse_options = pacsv.ParseOptions(
@@ -84,6 +84,7 @@ class _ArrowCsv:
             escape_char=False,
             newlines_in_values=True,
             ignore_empty_lines=False,  # a blank line must still count as a record: row numbers depend on it
+            invalid_row_handler=self._invalid_row,
         )
         self.convert_options = pacsv.ConvertOptions(
             column_types=dict.fromkeys(names, pa.string()),
@@ -93,8 +94,19 @@ class _ArrowCsv:
             include_columns=[names[i] for i in dict.fromkeys(include)],  # the others are still parsed
         )
 
+    def _invalid_row(self, row) -> str:
+        """A record of another width is left out of the table and listed (its number counts records, blank
+        lines included, from 1), so the others stay on this path."""
+        if row.number is None:
+            self.unnumbered = True
+        else:
+            self.invalid.append((row.number - 1, row.actual_columns))
+        return "skip"
+
     def columns(self, piece: bytes) -> dict[int, pa.StringArray] | None:
-        """Column index -> values, or None when the piece is not for this path (not UTF-8, a wrong width)."""
+        """Column index -> values of the records of the right width (self.invalid lists the others), or None
+        when the piece is not for this path (not UTF-8, a parse error)."""
+        self.invalid, self.unnumbered = [], False
         if not self.usable:
             return None
         try:
@@ -106,11 +118,20 @@ class _ArrowCsv:
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
+        if self.unnumbered:
+            return None
         return {int(name[1:]): table.column(name).combine_chunks() for name in table.column_names}
+
+    def records(self, rows: int) -> np.ndarray:
+        """The record index of each of the last read's table rows (records of another width left out)."""
+        if not self.invalid:
+            return np.arange(rows)
+        return np.delete(np.arange(rows + len(self.invalid)), [i for i, _ in self.invalid])
 
 
 class ColumnarReader:
-    """The plan pass's reading of a block: email keys, fingerprints and emails, or None. The C kernels
+    """The plan pass's reading of a block: a PlanRead (each record's status, and the email keys, fingerprints
+    and emails of the valid ones), or None when only the row path can be sure. The C kernels
     (shared/planning/native) read it when they can, Arrow when they cannot."""
 
     def __init__(self, fmt: CsvFormat, mapper: ProfileMapper, native: bool = True):
@@ -122,13 +143,15 @@ class ColumnarReader:
         self.csv = _ArrowCsv(fmt, mapper.width, include, check_utf8=False)
         self.skeleton_bytes = mapper.skeleton_bytes()
 
-    def read(self, piece: bytes) -> ColumnarBlock | None:
-        try:  # the row path rejects a row with bad bytes in any field, mapped or not
+    def read(self, piece: bytes) -> PlanRead | None:
+        # The row path rejects a row with bad bytes in any field, mapped or not: the kernels check each
+        # record's bytes; Arrow takes only a block that is valid UTF-8 as a whole.
+        if self.native is not None and (read := self.native.read(piece, check_utf8=True)) is not None:
+            return read
+        try:
             piece.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if self.native is not None and (read := self.native.read(piece)) is not None:
-            return ColumnarBlock(*read)
         columns = self.csv.columns(piece)
         if columns is None:
             return None
@@ -138,26 +161,67 @@ class ColumnarReader:
             if longest * 6 + self.skeleton_bytes > MAX_PROFILE_BYTES:
                 return None
         raw = columns[self.email_index]
-        if rows == 0 or _data(raw, _offsets(raw)).max(initial=0) >= 128:  # not all ASCII
-            return None
-        emails = pc.ascii_lower(pc.ascii_trim(raw, " \t"))
+        emails = pc.ascii_lower(pc.utf8_trim_whitespace(raw))  # str.strip(), then lower-case (ASCII)
         offsets = _offsets(emails)
-        at = np.flatnonzero(_data(emails, offsets) == ord("@"))
         lengths = np.diff(offsets)
-        if len(at) != rows or lengths.min() < 3 or lengths.max() > 254:
-            return None  # (every valid email has exactly one @)
-        local = at - (offsets[:-1] - offsets[0])
-        if local.min() < 1 or local.max() > 64:
-            return None
-        if not pc.all(pc.match_substring_regex(emails, _EMAIL_RE2)).as_py():
-            return None
+        if (lengths == 0).any() and _may_hold_blank_lines(piece) and _blank(columns, lengths == 0):
+            return None  # a blank line (no row) or a row of empty fields: only the csv module can tell
+        status = np.full(rows, ROW_OK, np.uint8)
+        # A valid email has 1-64 characters before its @, 3-254 in all, and matches the pattern.
+        at = pc.find_substring(emails, "@").to_numpy(zero_copy_only=False)
+        valid = (lengths >= 3) & (lengths <= 254) & (at >= 1) & (at <= 64)
+        valid &= pc.match_substring_regex(emails, _EMAIL_RE2).to_numpy(zero_copy_only=False)
+        status[~valid] = ROW_INVALID_EMAIL
+        status[lengths == 0] = ROW_MISSING_EMAIL
+        wide = _wide(raw)  # non-ASCII: str.lower() may differ from ASCII lower-casing; decided one by one
+        if len(wide):
+            values = emails.to_pylist()
+            for r in wide.tolist():
+                email = raw[r].as_py().strip().lower()
+                values[r] = email
+                problem = email_problem(email)
+                status[r] = ROW_OK if problem is None else ROW_INVALID_EMAIL if email else ROW_MISSING_EMAIL
+            emails = pa.array(values, pa.string())
+        ok = status == ROW_OK
+        if not ok.all():
+            keep = pa.array(ok)
+            emails = emails.filter(keep)
+            columns = {i: col.filter(keep) for i, col in columns.items()}
         # The fingerprint is keyed by the email already: it covers the mapped fields only, joined by \x1f.
         content = [columns[i] for i in self.content_indexes]
+        count = len(emails)
         if not content:
-            ckeys = np.full(rows, xxhash.xxh3_64_intdigest(""), np.uint64)
+            ckeys = np.full(count, xxhash.xxh3_64_intdigest(""), np.uint64)
         else:
             ckeys = xxh3_64_array(content[0] if len(content) == 1 else pc.binary_join_element_wise(*content, "\x1f"))
-        return ColumnarBlock(rows, xxh3_64_array(emails), ckeys, emails)
+        ekeys = xxh3_64_array(emails)
+        if self.csv.invalid:  # the records Arrow left out, back in their places
+            full = np.full(rows + len(self.csv.invalid), ROW_WIDTH, np.uint8)
+            full[self.csv.records(rows)] = status
+            status = full
+        return PlanRead(status, ekeys, ckeys, emails, dict(self.csv.invalid), {})
+
+
+def _wide(strings: pa.Array) -> np.ndarray:
+    """Indexes of the values that hold a non-ASCII character."""
+    data = _data(strings, _offsets(strings))
+    if data.max(initial=0) < 128:
+        return np.empty(0, np.int64)
+    wide = pc.not_equal(pc.binary_length(strings), pc.utf8_length(strings))
+    return np.flatnonzero(wide.to_numpy(zero_copy_only=False))
+
+
+def _may_hold_blank_lines(piece: bytes) -> bool:
+    """Whether a line end follows another anywhere (a blank line, or a quoted value's line breaks)."""
+    return piece[:1] in (b"\n", b"\r") or any(pair in piece for pair in (b"\n\n", b"\n\r", b"\r\r"))
+
+
+def _blank(columns: dict[int, pa.StringArray], empty_email: np.ndarray) -> bool:
+    """Whether a row with an empty email has every column read empty too (it may be a blank line)."""
+    blank = empty_email.copy()
+    for col in columns.values():
+        blank &= np.diff(_offsets(col)) == 0
+    return bool(blank.any())
 
 
 def lines_of(strings: pa.Array) -> memoryview:
@@ -281,10 +345,16 @@ class ColumnarProfiles:
         """(profiles, their sizes, their emails, phone warnings) for the records at `chosen` of a piece of
         `records`."""
         columns = self.csv.columns(piece) if self.usable else None
-        if columns is None or len(columns[self.mapper.email_index]) != records:
+        if columns is None or len(columns[self.mapper.email_index]) + len(self.csv.invalid) != records:
             return None
         if len(chosen) == 0:
             return [], np.empty(0, np.int64), pa.array([], pa.string()), 0
+        if self.csv.invalid:  # records of another width (rejected in the plan) are not in the table
+            left_out = np.array(sorted(i for i, _ in self.csv.invalid))
+            if np.isin(chosen, left_out).any():
+                return None  # not the rows that were planned
+            chosen = chosen - np.searchsorted(left_out, chosen)
+            records -= len(left_out)
         if len(chosen) == records:  # every record (chosen holds distinct indexes in order)
             cols = columns
         else:

@@ -23,12 +23,22 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from shared.planning import native
 from shared.planning.columnar import ColumnarReader, lines_of
+from shared.planning.native import (
+    ROW_BAD_BYTES,
+    ROW_BLANK,
+    ROW_DEFER,
+    ROW_INVALID_EMAIL,
+    ROW_MISSING_EMAIL,
+    ROW_OK,
+    ROW_WIDTH,
+    PlanRead,
+)
 from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper, clean_emails, email_ok, email_problem
-from shared.planning.units import rows_of
 from shared.platform.errors import ExportError, SourceError
 from shared.platform.storage import ObjectStore
 from shared.reading import arrowtext
@@ -75,21 +85,42 @@ def _locator(part: Partition, row: int) -> dict:
 
 
 class _Rejects:
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
+    """The rejects file's lines, written to a temporary file as they come (orjson keeps a 4 KB allocation
+    per result: 60,000 rejected rows held as bytes cost 230 MB), and a sample of the first ones."""
+
+    def __init__(self, file) -> None:
+        self.file = file
         self.sample: list[dict] = []
         self.rejected = 0
         self.reasons: Counter[str] = Counter()  # for the error line of a run with too many rejects
+        self._json: dict[str, str] = {}  # a reason or a label as JSON text: a few distinct ones, many times
+
+    def _text(self, value: str) -> str:
+        if (text := self._json.get(value)) is None:
+            text = orjson.dumps(value).decode()
+            if len(self._json) < 1_000:
+                self._json[value] = text
+        return text
 
     def add(self, part: Partition, row: int, reason: str, kind: str = "rejected") -> None:
-        item = {**_locator(part, row), "reason": reason, "kind": kind}
-        self.lines.append(orjson.dumps(item))
+        self.add_many(part, [row], [reason], kind)
+
+    def add_many(self, part: Partition, rows: list[int], reasons: list[str], kind: str = "rejected") -> None:
+        """Rows of one partition, in order: each line is what orjson makes of {partition, row, reason, kind}."""
+        if not rows:
+            return
+        head = '{"partition":' + self._text(part.label) + ',"row":'
+        tail = ',"kind":' + self._text(kind) + "}"
+        texts = pa.array([self._text(r) for r in reasons], pa.string())
+        numbers = pc.cast(pa.array(rows, pa.int64()), pa.string())
+        self.file.write(lines_of(pc.binary_join_element_wise(head, numbers, ',"reason":', texts, tail, "")))
         if kind == "rejected":
-            self.rejected += 1
-            # A few kinds of reason in practice; the cap keeps a pathological source from growing it.
-            self.reasons[reason if reason in self.reasons or len(self.reasons) < 100 else "other reasons"] += 1
-            if len(self.sample) < REJECTS_SAMPLE:
-                self.sample.append(item)
+            self.rejected += len(rows)
+            for reason in reasons:
+                # A few kinds of reason in practice; the cap keeps a pathological source from growing it.
+                self.reasons[reason if reason in self.reasons or len(self.reasons) < 100 else "other reasons"] += 1
+            for row, reason in zip(rows[: REJECTS_SAMPLE - len(self.sample)], reasons, strict=False):
+                self.sample.append({**_locator(part, row), "reason": reason, "kind": kind})
 
 
 def plan_export(
@@ -105,14 +136,14 @@ def plan_export(
 
 def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dict:
     started = time.monotonic()
-    rejects = _Rejects()
     total_bytes = sum(p.size for p in source.partitions)
+    spill = _Spill(total_bytes)
+    rejects = _Rejects(spill.temporary_file())
     done_bytes = 0
     content = mapper._content  # the itemgetter itself: a method call per row costs 10% of the pass
     xxh = xxhash.xxh3_64_intdigest
 
     chunks: list[list[int]] = []  # [partition index, start, end, first record number, first row id, records]
-    spill = _Spill(total_bytes)
     next_gid = 0
     rows_read = 0
 
@@ -129,9 +160,13 @@ def _plan(source, mapper, workspace, prefix, opts: PlanOptions, progress) -> dic
                 chunks.append(chunk)
             base = next_gid
             fast = columnar.read(piece)
-            if fast is not None:  # every record of the block is well-formed with a valid email
-                records = rows_read_here = fast.rows
-                spill.add(np.arange(base, base + records, dtype=np.uint64), fast.ekeys, fast.ckeys, fast.emails)
+            if fast is not None:  # read by the C kernels or Arrow, row-level problems decided in place
+                records = len(fast.status)
+                if len(fast.emails) == records:  # every record well-formed with a valid email
+                    rows_read_here = records
+                    spill.add(np.arange(base, base + records, dtype=np.uint64), fast.ekeys, fast.ckeys, fast.emails)
+                else:
+                    rows_read_here = _plan_read(fast, part, base, row_no, mapper, spill, rejects, content, xxh)
             else:
                 block = parse_block(offset, piece, row_no, part.fmt)
                 records = len(block.rows)
@@ -241,24 +276,78 @@ def _plan_rows(block: Block, part: Partition, base: int, mapper, spill, rejects,
         rows_read = 0
         gids, ekeys, ckeys, emails = [], [], [], []
         for offset, row in enumerate(rows):
-            if len(row) != width:
-                if row:  # a blank line is not a row
-                    rows_read += 1
-                    rejects.add(part, row_no + offset, f"expected {width} fields, found {len(row)}")
+            if not row:  # a blank line is not a row
                 continue
             rows_read += 1
-            email = row[email_index].strip().lower()
-            if not email_ok(email) or block.bad_utf8 or check_size:
-                problem = _row_problem(row, email, block.bad_utf8, check_size, part, mapper)
-                if problem:
-                    rejects.add(part, row_no + offset, problem)
-                    continue
+            problem, email = _row_decision(row, block.bad_utf8, check_size, part, mapper)
+            if problem:
+                rejects.add(part, row_no + offset, problem)
+                continue
             gids.append(base + offset)
             emails.append(email)
             ekeys.append(xxh(email))
             ckeys.append(xxh("\x1f".join(content(row))))
     if ekeys:
         spill.add(gids, ekeys, ckeys, pa.array(emails, pa.string()))
+    return rows_read
+
+
+def _row_decision(row: list[str], bad_utf8: bool, check_size: bool, part: Partition, mapper) -> tuple:
+    """(the reason a row is rejected, None) or (None, its normalised email): the row path's decision."""
+    if len(row) != mapper.width:
+        return f"expected {mapper.width} fields, found {len(row)}", None
+    email = row[mapper.email_index].strip().lower()
+    if not email_ok(email) or bad_utf8 or check_size:
+        problem = _row_problem(row, email, bad_utf8, check_size, part, mapper)
+        if problem:
+            return problem, None
+    return None, email
+
+
+def _plan_read(read: PlanRead, part: Partition, base: int, row_no: int, mapper, spill, rejects, content, xxh) -> int:
+    """A block the fast paths read with some rows that are not sent: each one rejected with the row path's
+    reason, and the few records they left to the row path decided by it; returns the rows read."""
+    status = read.status
+    reasons = {
+        ROW_BAD_BYTES: f"bytes that are not valid {part.fmt.encoding}",
+        ROW_MISSING_EMAIL: "missing email",
+        ROW_INVALID_EMAIL: "invalid email address",
+    }
+    rows_read = len(status) - int(np.count_nonzero(status == ROW_BLANK))
+    late: list[tuple[int, str, int, int]] = []  # rows the row path took: (record, email, key, fingerprint)
+    rows: list[int] = []
+    problems: list[str] = []
+    for r in np.flatnonzero((status != ROW_OK) & (status != ROW_BLANK)).tolist():
+        code = int(status[r])
+        if code == ROW_DEFER:
+            block = parse_block(0, read.deferred[r], row_no + r, part.fmt)
+            row = block.rows[0] if block.rows else []
+            if not row:  # a blank line after all
+                rows_read -= 1
+                continue
+            check_size = block.longest_record > PROFILE_SIZE_CHECK
+            problem, email = _row_decision(row, block.bad_utf8, check_size, part, mapper)
+            if problem is None:
+                late.append((r, email, xxh(email), xxh("\x1f".join(content(row)))))
+                continue
+        elif code == ROW_WIDTH:
+            problem = f"expected {mapper.width} fields, found {read.fields[r]}"
+        else:
+            problem = reasons[code]
+        rows.append(row_no + r)
+        problems.append(problem)
+    rejects.add_many(part, rows, problems)
+    records = np.flatnonzero(status == ROW_OK)
+    ekeys, ckeys, emails = read.ekeys, read.ckeys, read.emails
+    if late:  # merged in row order: the spill's de-duplication counts on it
+        records = np.concatenate([records, [r for r, _, _, _ in late]])
+        order = np.argsort(records, kind="stable")
+        records = records[order]
+        ekeys = np.concatenate([ekeys, np.array([k for _, _, k, _ in late], np.uint64)])[order]
+        ckeys = np.concatenate([ckeys, np.array([c for _, _, _, c in late], np.uint64)])[order]
+        emails = pa.concat_arrays([emails, pa.array([e for _, e, _, _ in late], pa.string())]).take(pa.array(order))
+    if len(records):
+        spill.add(records.astype(np.uint64) + np.uint64(base), ekeys, ckeys, emails)
     return rows_read
 
 
@@ -308,8 +397,14 @@ def _row_problem(row, email, bad_utf8, check_size, part, mapper) -> str | None:
 
 def _record_duplicates(dup_gids: np.ndarray, starts: np.ndarray, chunks, parts, rejects: _Rejects) -> None:
     """Duplicates are listed in the rejects file too (kind "duplicate"), so no row disappears unexplained."""
-    for pidx, row in rows_of(chunks, starts, np.sort(dup_gids)):
-        rejects.add(parts[pidx], row, "duplicate email: a later row wins", kind="duplicate")
+    gids = np.sort(dup_gids).astype(np.int64)
+    table = np.array(chunks, np.int64).reshape(-1, 6)
+    found = np.searchsorted(starts, gids, side="right") - 1
+    pidx, rows = table[found, 0], table[found, 3] + gids - table[found, 4]  # as units.rows_of
+    reason = "duplicate email: a later row wins"
+    cuts = np.flatnonzero(np.diff(pidx)) + 1
+    for first, these in zip(np.concatenate([[0], cuts]).tolist(), np.split(rows, cuts), strict=True):
+        rejects.add_many(parts[int(pidx[first])], these.tolist(), [reason] * len(these), kind="duplicate")
 
 
 def _units(bits: np.ndarray, starts: np.ndarray, unit_profiles: int) -> list[list[int]]:
@@ -433,4 +528,5 @@ def _write_workspace(workspace, prefix, source, mapper, chunks, bits, keys_file,
     workspace.write_file(f"{prefix}keys.bin", keys_file)
     emails_file.seek(0)
     workspace.write_file(f"{prefix}emails.txt", emails_file)
-    workspace.write_bytes(f"{prefix}rejects.ndjson", b"\n".join(rejects.lines) + (b"\n" if rejects.lines else b""))
+    rejects.file.seek(0)
+    workspace.write_file(f"{prefix}rejects.ndjson", rejects.file)

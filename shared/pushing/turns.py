@@ -24,13 +24,14 @@ def _names(export: str) -> tuple[str, str]:
 
 
 def take_turn(store: ObjectStore, export: str, run_id: str, source_time: float, now: float | None = None) -> dict:
-    """{"status": "granted"} | {"status": "wait", "holder": run id} | {"status": "superseded", "by": run id}."""
+    """{"status": "granted"} | {"status": "wait", "holder": run id} |
+    {"status": "superseded", "by": run id, "by_source_time": the write time of the source that run ran}."""
     now = time.time() if now is None else now
     lock, last = _names(export)
     if store.exists(last):
         done = orjson.loads(store.read_bytes(last))
         if source_time < done["source_time"] and done["run_id"] != run_id:
-            return {"status": "superseded", "by": done["run_id"]}
+            return {"status": "superseded", "by": done["run_id"], "by_source_time": done["source_time"]}
     body = orjson.dumps({"run_id": run_id, "source_time": source_time, "at": now})
     for _ in range(2):  # a turn released between our create and our read: try once more
         if store.create(lock, body):

@@ -98,6 +98,37 @@ def _csv_rows(text: str, fmt: CsvFormat) -> list[list[str]]:
         raise SourceError(f"CSV cannot be parsed: {exc}") from None
 
 
+def first_record_bytes(data: bytes, fmt: CsvFormat, start: int = 0) -> int:
+    """The length in bytes of the record at `start` (a record boundary) as the csv module reads it: the
+    fast paths leave a record they cannot frame to the csv module and go on after it. Reads a window that
+    grows until the record ends inside it."""
+    window = 4096
+    while True:
+        stop = min(len(data), start + window)
+        text = bytes(data[start:stop]).decode(fmt.encoding, errors="surrogateescape")
+        consumed: list[str] = []
+
+        def lines(text=text, consumed=consumed):
+            for line in io.StringIO(text, newline=""):
+                consumed.append(line)
+                yield line
+
+        reader = csv.reader(
+            lines(),
+            delimiter=fmt.delimiter,
+            quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE,
+            strict=False,
+        )
+        try:
+            next(reader, None)
+        except csv.Error as exc:
+            raise SourceError(f"CSV cannot be parsed: {exc}") from None
+        length = len("".join(consumed).encode(fmt.encoding, errors="surrogateescape"))
+        if stop == len(data) or start + length < stop:
+            return length
+        window *= 4
+
+
 def _parse(data: bytes, fmt: CsvFormat) -> tuple[list[list[str]], bool]:
     try:
         text = data.decode(fmt.encoding)

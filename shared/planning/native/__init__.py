@@ -3,8 +3,9 @@ and keyed and rows fingerprinted for the plan pass, profiles written as JSON for
 
 `make setup` builds the library (`make native`: a C compiler, nothing else). Where it is not built, the
 app runs as before on the Arrow path (shared/planning/columnar.py) and the row path: the same results, at about
-half the speed. The kernels take only what they are certain to read exactly as the csv module and
-ProfileMapper do, and return None for anything else, so those paths keep every edge case and reject reason.
+half the speed. The kernels decide only what they are certain to decide exactly as the csv module and
+ProfileMapper do: row-level problems with the row path's reasons; the few records they cannot be sure of
+go to the row path one by one, and None leaves a whole block to the other paths.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import xxhash
 
 from shared.planning.profiles import MAX_PROFILE_BYTES, ProfileMapper
 from shared.reading import arrowtext
+from shared.reading.csvscan import first_record_bytes
 from shared.reading.formats import CsvFormat
 
 LIBRARY = Path(__file__).with_name("libfastpath.so")
@@ -41,8 +44,8 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     if lib.fastpath_source().decode() != source:
         return None, f"{LIBRARY.name} was built from another fastpath.c: `make native` rebuilds it; the Arrow path runs"
     lib.xxh3_64.argtypes, lib.xxh3_64.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_uint64
-    lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _L, _L, _L, _P]
-    lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _L, _I, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P]
+    lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _P, _P, _L, _L, _L, _L, _P]
+    lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _P, _P, _L, _I, _I, _L, _I, _I, _P, _I, *[_P] * 8]
     lib.build_profiles.argtypes = [ctypes.c_char_p, _P, _P, _I, _P, _L, _I, _I, _P, _P, _P, _P, _I]
     lib.build_profiles.argtypes += [_P, _P, _P, _P, _P]
     lib.bucket_records.argtypes, lib.bucket_records.restype = [_L, _I, *[_P] * 11], None
@@ -114,62 +117,141 @@ class _Scanner:
         slot_of = np.full(width, -1, np.int32)
         slot_of[self.slots] = np.arange(len(self.slots), dtype=np.int32)
         self.slot_of = slot_of
-        self.stats = np.zeros(1, np.int64)
+        self.stats = np.zeros(3, np.int64)
         self.capacity = 0
         self.bounds, self.escaped = np.empty(0, np.int32), np.empty(0, np.uint8)
+        self.fields, self.starts = np.empty(0, np.int32), np.empty(1, np.int32)
 
     def slot(self, column: int) -> int:
         return self.slots.index(column)
 
-    def scan(self, piece: bytes, skip: int = 0, stop: int = -1) -> tuple[int, np.ndarray, np.ndarray] | None:
-        """(records recorded, bounds, escaped) for records [skip, stop) of the piece, or None."""
-        # A record has at least width - 1 delimiters and its line end: this many cannot overflow.
-        capacity = len(piece) // max(1, self.width - 1) + 1 if stop < 0 else max(stop - skip, 0)
+    def scan(self, piece: bytes, skip: int = 0, stop: int = -1, begin: int = 0, capacity: int = 0) -> int | None:
+        """Records [skip, stop) of the piece from byte `begin` recorded (in self.bounds, escaped, fields and
+        starts): their number, or None when the grammar does not take them (stats[1:3] say where)."""
+        if not capacity:  # every record but the last ends at a \n
+            capacity = piece.count(b"\n", begin) + 1 if stop < 0 else max(stop - skip, 0)
         if capacity > self.capacity:  # kept between blocks: its pages are touched only as far as used
             self.capacity = capacity
             self.bounds = np.empty(capacity * len(self.slots) * 2, np.int32)
             self.escaped = np.empty(capacity * len(self.slots), np.uint8)
+            self.fields, self.starts = np.empty(capacity, np.int32), np.empty(capacity + 1, np.int32)
         n = lib.csv_scan(
             piece, len(piece), self.delimiter, self.quoting, self.width, self.slot_of.ctypes.data,
-            len(self.slots), self.bounds.ctypes.data, self.escaped.ctypes.data, capacity, skip, stop,
-            self.stats.ctypes.data,
+            len(self.slots), self.bounds.ctypes.data, self.escaped.ctypes.data, self.fields.ctypes.data,
+            self.starts.ctypes.data, capacity, begin, skip, stop, self.stats.ctypes.data,
         )  # fmt: skip
-        return None if n < 0 else (n, self.bounds, self.escaped)
+        return None if n < 0 else n
+
+
+# plan_records' codes (fastpath.c) for what the row path decides of a record
+ROW_OK, ROW_BLANK, ROW_WIDTH, ROW_BAD_BYTES, ROW_MISSING_EMAIL, ROW_INVALID_EMAIL, ROW_DEFER = range(7)
+
+
+@dataclass
+class PlanRead:
+    """A block as the plan pass reads it: every record's status (the ROW_ codes), and the email keys,
+    fingerprints and emails of the ROW_OK ones; `fields` of the ROW_WIDTH ones (for the reason), and the
+    bytes of the records to leave to the row path (ROW_DEFER), by record index."""
+
+    status: np.ndarray
+    ekeys: np.ndarray
+    ckeys: np.ndarray
+    emails: pa.StringArray
+    fields: dict[int, int]
+    deferred: dict[int, bytes]
 
 
 class NativePlanReader:
-    """The plan pass's reading of a block in C: (rows, email keys, fingerprints, emails), or None."""
+    """The plan pass's reading of a block in C: a PlanRead, or None when the block is not for this path.
+
+    Row-level problems (a wrong field count, a blank line, bad bytes, a missing or invalid email) are
+    decided here as the row path decides them; the few records only the row path can be sure of are
+    handed back as bytes: a record with a non-ASCII email or a long one (see plan_records), and a record
+    the scan cannot frame (a bare \r, a quote inside a plain field...), whose end the csv module finds."""
 
     def __init__(self, fmt: CsvFormat, mapper: ProfileMapper):
+        self.fmt = fmt
+        self.width = mapper.width
         self.scanner = _Scanner(fmt, mapper.width, [mapper.email_index, *mapper.content_indexes])
         self.email_slot = self.scanner.slot(mapper.email_index)
         self.content_slots = np.array([self.scanner.slot(i) for i in mapper.content_indexes], np.int32)
-        self.skeleton_bytes = mapper.skeleton_bytes()
+        # A record longer than this could make a profile over 100 KB (escaping: at most 6 bytes a byte).
+        self.max_record = max(0, (MAX_PROFILE_BYTES - mapper.skeleton_bytes()) // 6)
 
-    def read(self, piece: bytes) -> tuple[int, np.ndarray, np.ndarray, pa.StringArray] | None:
-        if not self.scanner.usable:
+    def read(self, piece: bytes, check_utf8: bool = False) -> PlanRead | None:
+        if not self.scanner.usable or not piece:
             return None
-        scanned = self.scanner.scan(piece)
-        if scanned is None or scanned[0] == 0:
+        # Records of the right width have at least width - 1 delimiters; short ones and blank lines can make
+        # more records than that, and every record but the last ends at a \n.
+        capacity = len(piece) // max(1, self.width - 1) + 1
+        parts, deferred, begin, done = [], {}, 0, 0
+        while begin < len(piece):
+            n = self.scanner.scan(piece, begin=begin, capacity=capacity)
+            if n is None and self.scanner.stats[2] == -2:
+                capacity = piece.count(b"\n", begin) + 1
+                n = self.scanner.scan(piece, begin=begin, capacity=capacity)
+            unframed = n is None
+            if unframed:
+                n, start = int(self.scanner.stats[1]), int(self.scanner.stats[2])
+                if start < 0:
+                    return None  # a NUL byte: the row path reads the block
+            if n:
+                parts.append(self._records(piece, n, check_utf8))
+                done += n
+            if not unframed:
+                break
+            end = start + first_record_bytes(piece, self.fmt, start)
+            deferred[done] = piece[start:end]
+            parts.append(_deferred_record())
+            done += 1
+            begin = end
+        if not parts:
             return None
-        rows, bounds, escaped = scanned
-        if int(self.scanner.stats[0]) * 6 + self.skeleton_bytes > MAX_PROFILE_BYTES:
-            return None  # a profile could pass Klaviyo's limit: the row path measures each
-        ekeys, ckeys = np.empty(rows, np.uint64), np.empty(rows, np.uint64)
-        emails, offsets = np.empty(len(piece), np.uint8), np.empty(rows + 1, np.int32)
+        status = np.concatenate([p[0] for p in parts])
+        ekeys, ckeys = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        emails = pa.concat_arrays([p[3] for p in parts]) if len(parts) > 1 else parts[0][3]
+        fields, at = {}, 0
+        for part in parts:
+            fields.update({at + r: f for r, f in part[4].items()})
+            deferred.update({at + r: b for r, b in part[5].items()})
+            at += len(part[0])
+        return PlanRead(status, ekeys, ckeys, emails, fields, deferred)
+
+    def _records(self, piece: bytes, n: int, check_utf8: bool):
+        """(status, ekeys, ckeys of the OK records, their emails, fields of the wrong-width ones, deferred
+        records' bytes) of the n records just scanned."""
+        scanner, nslots = self.scanner, len(self.scanner.slots)
+        bounds, escaped, fields, starts = scanner.bounds, scanner.escaped, scanner.fields, scanner.starts
+        status = np.empty(n, np.uint8)
+        ekeys, ckeys = np.empty(n, np.uint64), np.empty(n, np.uint64)
+        emails, offsets = np.empty(len(piece), np.uint8), np.empty(n + 1, np.int32)
         scratch = np.empty(len(piece) + 512, np.uint8)
-        long_rows, nlong = np.empty(rows, np.int64), np.zeros(1, np.int64)
+        long_rows, nlong = np.empty(n, np.int64), np.zeros(1, np.int64)
         written = lib.plan_records(
-            piece, bounds.ctypes.data, escaped.ctypes.data, rows, len(self.scanner.slots), self.email_slot,
-            self.content_slots.ctypes.data, len(self.content_slots), ekeys.ctypes.data, ckeys.ctypes.data,
-            emails.ctypes.data, offsets.ctypes.data, scratch.ctypes.data, long_rows.ctypes.data, nlong.ctypes.data,
+            piece, bounds.ctypes.data, escaped.ctypes.data, fields.ctypes.data, starts.ctypes.data, n, self.width,
+            int(check_utf8), self.max_record, nslots, self.email_slot, self.content_slots.ctypes.data,
+            len(self.content_slots), status.ctypes.data, ekeys.ctypes.data, ckeys.ctypes.data, emails.ctypes.data,
+            offsets.ctypes.data, scratch.ctypes.data, long_rows.ctypes.data, nlong.ctypes.data,
         )  # fmt: skip
-        if written < 0:
-            return None
         for row in long_rows[: int(nlong[0])].tolist():  # fingerprinted text over 240 bytes: xxhash's long path
             ckeys[row] = xxhash.xxh3_64_intdigest(b"\x1f".join(self._content(piece, bounds, escaped, row)))
-        text = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(emails[:written].tobytes()))
-        return rows, ekeys, ckeys, text
+        ok = status == ROW_OK
+        count = int(ok.sum())
+        text = pa.StringArray.from_buffers(
+            count, pa.py_buffer(offsets[: count + 1].copy()), pa.py_buffer(emails[:written].tobytes())
+        )
+        if count != n:
+            ekeys, ckeys = ekeys[ok], ckeys[ok]
+        wrong = np.flatnonzero(status == ROW_WIDTH).tolist()
+        late = np.flatnonzero(status == ROW_DEFER).tolist()
+        return (
+            status,
+            ekeys,
+            ckeys,
+            text,
+            dict(zip(wrong, fields[wrong].tolist(), strict=True)),
+            {r: piece[starts[r] : starts[r + 1]] for r in late},
+        )
 
     def _content(self, piece: bytes, bounds: np.ndarray, escaped: np.ndarray, row: int) -> list[bytes]:
         values = []
@@ -178,6 +260,12 @@ class NativePlanReader:
             value = piece[bounds[2 * at] : bounds[2 * at + 1]]
             values.append(value.replace(b'""', b'"') if escaped[at] else value)
         return values
+
+
+def _deferred_record():
+    """One record left to the row path, as _records would give it."""
+    empty = np.empty(0, np.uint64)
+    return np.array([ROW_DEFER], np.uint8), empty, empty, pa.array([], pa.string()), {}, {}
 
 
 class NativeProfiles:
@@ -214,11 +302,12 @@ class NativeProfiles:
         if len(chosen) > 1 and (np.diff(chosen) <= 0).any():
             return None  # the kernel's sizes and indexes count on distinct indexes in order
         first, end = int(chosen[0]), int(chosen[-1]) + 1
-        scanned = self.scanner.scan(piece, first, end)
-        if scanned is None or scanned[0] != end - first:
+        if self.scanner.scan(piece, first, end) != end - first:
             return None
-        _, bounds, escaped = scanned
+        bounds, escaped = self.scanner.bounds, self.scanner.escaped
         picked = (chosen - first).astype(np.int64)
+        if (self.scanner.fields[picked] != self.scanner.width).any():
+            return None  # a row the plan rejected cannot be sent: the source is not what was planned
         n = len(picked)
         out = np.empty(n * self.fixed_bytes + 6 * len(piece), np.uint8)  # escaping: at most 6 bytes a byte
         offsets, ekeys = np.empty(n + 1, np.int64), np.empty(n, np.uint64)

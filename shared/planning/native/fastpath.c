@@ -2,9 +2,12 @@
  * fingerprinted (the plan pass), and profiles written as JSON (a push). Loaded with ctypes by
  * shared/planning/native/__init__.py; no Python API, so it builds with a plain C compiler.
  *
- * Every function takes only what it is certain to do exactly as the row-by-row path (the csv module,
- * ProfileMapper) does, and returns -1 for anything else: the caller then hands the block to the Arrow
- * path or the row path, which own every edge case and every reject reason. Tests compare the three.
+ * Every function does only what it is certain to do exactly as the row-by-row path (the csv module,
+ * ProfileMapper) does. Row-level problems (a wrong width, bad bytes, a missing or invalid email) are
+ * decided here with the row path's reasons; a record that only the row path can be sure of is marked
+ * for it, and what the scan cannot frame is reported with where it starts (the caller has the csv module
+ * read that record, and scans on after it). -1 leaves the whole block to the other paths. Tests compare
+ * the three.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -120,83 +123,113 @@ uint64_t xxh3_64(const uint8_t *in, size_t len) {
 
 #define CSV_FIELD_LIMIT 1048576 /* the csv module's field_size_limit (csvscan.py sets it): it fails a longer field */
 
-/* Scans a piece of whole records. Records before `skip` are only counted; for the records from `skip`
- * up to `stop` (or the end, when stop < 0) the fields of the wanted columns (slot_of[column] >= 0) are
- * recorded: bounds[(record * nslots + slot) * 2 + 0/1] = start/end of the value's bytes (inside quotes),
- * escaped[...] = 1 when it holds doubled quotes. stats[0] = the longest record in bytes.
- * Returns the records recorded, or -1 when the piece holds anything the grammar below leaves out:
- *   record = field *(delim field) ("\n" / "\r\n" / end of piece), exactly `width` fields, never empty;
+/* Scans a piece of whole records from byte `begin` (a record boundary). Records before `skip` are only
+ * counted; for the records from `skip` up to `stop` (or the end, when stop < 0) the fields of the wanted
+ * columns (slot_of[column] >= 0) are recorded: bounds[(record * nslots + slot) * 2 + 0/1] = start/end of
+ * the value's bytes (inside quotes), escaped[...] = 1 when it holds doubled quotes, fields[record] = its
+ * number of fields as the csv module counts them (0 for a blank line, which the csv module reads as an
+ * empty row; a record of another width than `width` keeps its first `width` fields, 0-0 for the missing),
+ * starts[record] = its first byte (starts[recorded] = the end of the last). stats[0] = the longest record.
+ * Returns the records recorded, or -1 when the piece holds anything the grammar below leaves out; then
+ * stats[1] = the records recorded before the one that failed and stats[2] = that record's first byte
+ * (the caller can take those records, leave that one to the csv module and scan again after it), or -1
+ * for a NUL byte, -2 when there are more than `capacity` records:
+ *   record = [field *(delim field)] ("\n" / "\r\n" / end of piece);
  *   field  = quoted / plain, quoted = '"' *(any byte but '"' / '""') '"', followed by delim or a line end;
  *   plain  = *(any byte but delim, '"', "\r", "\n") (a quote is plain too when quoting is off).
- * Within it the csv module (QUOTE_MINIMAL, doublequote) and Arrow read the same values. NUL bytes, bare
- * "\r", quotes in a plain field, text after a closing quote, blank lines and fields over the csv module's
- * size limit are left to the other paths (and a \r or \n delimiter, by the caller). */
+ * Within it the csv module (QUOTE_MINIMAL, doublequote) and Arrow read the same records and values. A bare
+ * "\r", a quote in a plain field, text after a closing quote, an unterminated quote and a field over the
+ * csv module's size limit are left to the other paths, and so is a piece with a NUL byte (and a \r or \n
+ * delimiter, by the caller). */
 long csv_scan(const uint8_t *p, long n, int delim, int quoting, int width, const int32_t *slot_of, int nslots,
-              int32_t *bounds, uint8_t *escaped, long capacity, long skip, long stop, int64_t *stats) {
-    long i = 0, rec = 0, kept = 0, longest = 0;
-    if (n > INT32_MAX || memchr(p, 0, (size_t)n)) return -1;
+              int32_t *bounds, uint8_t *escaped, int32_t *fields, int32_t *starts, long capacity, long begin,
+              long skip, long stop, int64_t *stats) {
+    long i = begin, rec = 0, kept = 0, longest = 0;
+    stats[1] = 0;
+    stats[2] = -1;
+    if (n > INT32_MAX || begin < 0 || begin > n || memchr(p, 0, (size_t)n)) return -1;
     while (i < n && (stop < 0 || rec < stop)) {
         long record_start = i;
         int keep = rec >= skip;
-        if (keep && kept >= capacity) return -1;
-        if (p[i] == '\n' || p[i] == '\r') return -1; /* a blank line, or a bare \r */
+        if (keep && kept >= capacity) {
+            stats[2] = -2; /* more records than the caller made room for */
+            return -1;
+        }
+        if (keep) {
+            starts[kept] = (int32_t)i;
+            for (int k = 0; k < nslots; k++) {
+                bounds[2 * (kept * nslots + k)] = bounds[2 * (kept * nslots + k) + 1] = (int32_t)i;
+                escaped[kept * nslots + k] = 0;
+            }
+        }
         int col = 0;
-        for (;;) {
-            long start, end;
-            uint8_t doubled = 0;
-            if (quoting && i < n && p[i] == '"') {
-                start = ++i;
-                for (;;) {
-                    const uint8_t *q = i < n ? memchr(p + i, '"', (size_t)(n - i)) : NULL;
-                    if (!q) return -1; /* an unterminated quote */
-                    i = q - p;
-                    if (i + 1 < n && p[i + 1] == '"') {
-                        doubled = 1;
-                        i += 2;
-                        continue;
+        if (p[i] == '\n' || (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')) { /* a blank line */
+            i += p[i] == '\n' ? 1 : 2;
+        } else {
+            for (;;) {
+                long start, end;
+                uint8_t doubled = 0;
+                if (quoting && i < n && p[i] == '"') {
+                    start = ++i;
+                    for (;;) {
+                        const uint8_t *q = i < n ? memchr(p + i, '"', (size_t)(n - i)) : NULL;
+                        if (!q) goto unframed; /* an unterminated quote */
+                        i = q - p;
+                        if (i + 1 < n && p[i + 1] == '"') {
+                            doubled = 1;
+                            i += 2;
+                            continue;
+                        }
+                        end = i++;
+                        break;
                     }
-                    end = i++;
+                } else {
+                    start = i;
+                    while (i < n) {
+                        uint8_t c = p[i];
+                        if (c == delim || c == '\n' || c == '\r') break;
+                        if (c == '"' && quoting) goto unframed;
+                        i++;
+                    }
+                    end = i;
+                }
+                if (end - start > CSV_FIELD_LIMIT) goto unframed;
+                if (keep && col < width && slot_of[col] >= 0) {
+                    long at = kept * nslots + slot_of[col];
+                    bounds[2 * at] = (int32_t)start;
+                    bounds[2 * at + 1] = (int32_t)end;
+                    escaped[at] = doubled;
+                }
+                col++;
+                if (i >= n) break;
+                uint8_t c = p[i];
+                if (c == delim) {
+                    i++;
+                    continue;
+                }
+                if (c == '\n') {
+                    i++;
                     break;
                 }
-            } else {
-                start = i;
-                while (i < n) {
-                    uint8_t c = p[i];
-                    if (c == delim || c == '\n' || c == '\r') break;
-                    if (c == '"' && quoting) return -1;
-                    i++;
+                if (c == '\r' && i + 1 < n && p[i + 1] == '\n') {
+                    i += 2;
+                    break;
                 }
-                end = i;
+                goto unframed; /* a bare \r, or text after a closing quote */
             }
-            if (col >= width || end - start > CSV_FIELD_LIMIT) return -1;
-            if (keep && slot_of[col] >= 0) {
-                long at = kept * nslots + slot_of[col];
-                bounds[2 * at] = (int32_t)start;
-                bounds[2 * at + 1] = (int32_t)end;
-                escaped[at] = doubled;
-            }
-            col++;
-            if (i >= n) break;
-            uint8_t c = p[i];
-            if (c == delim) {
-                i++;
-                continue;
-            }
-            if (c == '\n') {
-                i++;
-                break;
-            }
-            if (c == '\r' && i + 1 < n && p[i + 1] == '\n') {
-                i += 2;
-                break;
-            }
-            return -1; /* a bare \r, or text after a closing quote */
         }
-        if (col != width) return -1;
+        if (keep) fields[kept] = col;
         if (i - record_start > longest) longest = i - record_start;
         rec++;
         kept += keep;
+        continue;
+    unframed:
+        stats[1] = kept;
+        stats[2] = record_start;
+        if (keep) starts[kept] = (int32_t)record_start;
+        return -1;
     }
+    starts[kept] = (int32_t)i;
     stats[0] = longest;
     return kept;
 }
@@ -280,54 +313,6 @@ static int email_valid(const uint8_t *e, long len) {
     return 1;
 }
 
-/* For each of `records` recorded records: the email (trimmed of spaces and tabs, lower-cased) checked, its
- * key, and the fingerprint: XXH3 of the content columns' raw values joined by \x1f. Emails are written
- * one after another to `emails` (at least the piece's size) with their offsets. -1 when a record is not
- * certain to be read the same way here: a non-ASCII or invalid email, or an email longer than HASH_MAX.
- * Rows whose fingerprinted text is longer than HASH_MAX are listed in long_rows (their ckeys left unset).
- * `scratch` holds at least the piece's size plus the content columns. */
-long plan_records(const uint8_t *p, const int32_t *bounds, const uint8_t *escaped, long records, int nslots,
-                  int email_slot, const int32_t *content_slots, int ncontent, uint64_t *ekeys, uint64_t *ckeys,
-                  uint8_t *emails, int32_t *email_offsets, uint8_t *scratch, int64_t *long_rows,
-                  int64_t *nlong) {
-    long written = 0;
-    *nlong = 0;
-    email_offsets[0] = 0;
-    for (long r = 0; r < records; r++) {
-        const int32_t *slots = bounds + 2 * r * nslots;
-        if (escaped[r * nslots + email_slot]) return -1; /* a quote is not an email character */
-        long s = slots[2 * email_slot], e = slots[2 * email_slot + 1];
-        while (s < e && (p[s] == ' ' || p[s] == '\t')) s++;
-        while (e > s && (p[e - 1] == ' ' || p[e - 1] == '\t')) e--;
-        long len = e - s;
-        if (len > HASH_MAX) return -1;
-        uint8_t *out = emails + written;
-        for (long k = 0; k < len; k++) {
-            uint8_t c = p[s + k];
-            if (c >= 128) return -1;
-            out[k] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
-        }
-        if (!email_valid(out, len)) return -1;
-        ekeys[r] = xxh3_64(out, (size_t)len);
-        written += len;
-        email_offsets[r + 1] = (int32_t)written;
-        long joined = 0;
-        for (int k = 0; k < ncontent; k++) {
-            if (k) scratch[joined++] = 0x1f;
-            value_t v = value_of(p, bounds, escaped, r * nslots + content_slots[k], scratch + joined);
-            if (v.at != scratch + joined) memcpy(scratch + joined, v.at, (size_t)v.len);
-            joined += v.len;
-        }
-        if (joined > HASH_MAX) /* xxh3's long path: the caller hashes these rows */
-            long_rows[(*nlong)++] = r;
-        else
-            ckeys[r] = xxh3_64(scratch, (size_t)joined);
-    }
-    return written;
-}
-
-/* ---- a push: profiles as JSON ---- */
-
 /* Python's str.strip() on UTF-8 text: ASCII white space (\t \n \v \f \r, \x1c-\x1f, space) and Unicode's
  * other white space (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000). */
 static inline int ascii_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x1f); }
@@ -363,6 +348,130 @@ static inline value_t strip(value_t v) {
         }
     }
 }
+
+/* Python's strict UTF-8 decoder's verdict on n bytes: 1 when they decode (no overlong forms, no surrogates,
+ * nothing past U+10FFFF), else 0. */
+static int utf8_valid(const uint8_t *s, long n) {
+    long i = 0;
+    while (i < n) {
+        uint64_t word;
+        if (i + 8 <= n && (memcpy(&word, s + i, 8), (word & 0x8080808080808080ULL) == 0)) {
+            i += 8; /* eight ASCII bytes */
+            continue;
+        }
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        long need;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return 0;
+        }
+        if (i + need >= n) return 0; /* cut short */
+        if (s[i + 1] < lo || s[i + 1] > hi) return 0;
+        for (long k = 2; k <= need; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* What plan_records makes of a record (status[r]); the caller turns codes into the row path's reasons. */
+enum { ROW_OK, ROW_BLANK, ROW_WIDTH, ROW_BAD_BYTES, ROW_MISSING_EMAIL, ROW_INVALID_EMAIL, ROW_DEFER };
+
+/* For each of `records` recorded records, what the row-by-row path decides, in its order: a blank line is
+ * no row; another number of fields than `width`; bytes not valid UTF-8 (looked for only when check_utf8);
+ * the email, stripped as str.strip() does and lower-cased, missing or invalid. A record that is none of
+ * those is ROW_OK, with its email's key (ekeys[r]), its fingerprint (ckeys[r]: XXH3 of the content
+ * columns' values joined by \x1f) and its email written to `emails` (offsets over the OK records only).
+ * ROW_DEFER leaves a record to the caller's row path when this cannot be certain to decide as it does: an
+ * email with non-ASCII characters (str.lower() can make them ASCII), a valid email longer than HASH_MAX,
+ * a record longer than `max_record` bytes (its profile could pass Klaviyo's 100 KB). OK rows whose
+ * fingerprinted text is longer than HASH_MAX are listed in long_rows (their ckeys left unset). `scratch`
+ * holds at least the piece's size plus the content columns. Returns the email bytes written. */
+long plan_records(const uint8_t *p, const int32_t *bounds, const uint8_t *escaped, const int32_t *fields,
+                  const int32_t *starts, long records, int width, int check_utf8, long max_record, int nslots,
+                  int email_slot, const int32_t *content_slots, int ncontent, uint8_t *status, uint64_t *ekeys,
+                  uint64_t *ckeys, uint8_t *emails, int32_t *email_offsets, uint8_t *scratch, int64_t *long_rows,
+                  int64_t *nlong) {
+    long written = 0, ok = 0;
+    *nlong = 0;
+    email_offsets[0] = 0;
+    for (long r = 0; r < records; r++) {
+        const int32_t *slots = bounds + 2 * r * nslots;
+        if (fields[r] == 0) {
+            status[r] = ROW_BLANK;
+            continue;
+        }
+        if (fields[r] != width) {
+            status[r] = ROW_WIDTH;
+            continue;
+        }
+        if (check_utf8 && !utf8_valid(p + starts[r], starts[r + 1] - starts[r])) {
+            status[r] = ROW_BAD_BYTES;
+            continue;
+        }
+        if (escaped[r * nslots + email_slot]) { /* a quote is never in a valid email, and never stripped */
+            status[r] = ROW_INVALID_EMAIL;
+            continue;
+        }
+        value_t email = strip((value_t){p + slots[2 * email_slot], slots[2 * email_slot + 1] - slots[2 * email_slot]});
+        long len = email.len;
+        if (len == 0) {
+            status[r] = ROW_MISSING_EMAIL;
+            continue;
+        }
+        uint8_t *out = emails + written;
+        int ascii = 1;
+        for (long k = 0; k < len; k++) {
+            uint8_t c = email.at[k];
+            ascii &= c < 128;
+            out[k] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+        }
+        if (!ascii) {
+            status[r] = ROW_DEFER;
+            continue;
+        }
+        if (!email_valid(out, len)) {
+            status[r] = ROW_INVALID_EMAIL;
+            continue;
+        }
+        if (len > HASH_MAX || starts[r + 1] - starts[r] > max_record) {
+            status[r] = ROW_DEFER;
+            continue;
+        }
+        status[r] = ROW_OK;
+        ekeys[r] = xxh3_64(out, (size_t)len);
+        written += len;
+        email_offsets[++ok] = (int32_t)written;
+        long joined = 0;
+        for (int k = 0; k < ncontent; k++) {
+            if (k) scratch[joined++] = 0x1f;
+            value_t v = value_of(p, bounds, escaped, r * nslots + content_slots[k], scratch + joined);
+            if (v.at != scratch + joined) memcpy(scratch + joined, v.at, (size_t)v.len);
+            joined += v.len;
+        }
+        if (joined > HASH_MAX) /* xxh3's long path: the caller hashes these rows */
+            long_rows[(*nlong)++] = r;
+        else
+            ckeys[r] = xxh3_64(scratch, (size_t)joined);
+    }
+    return written;
+}
+
+/* ---- a push: profiles as JSON ---- */
 
 static inline uint8_t *put(uint8_t *w, const uint8_t *s, long n) {
     memcpy(w, s, (size_t)n);

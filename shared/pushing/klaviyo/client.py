@@ -300,7 +300,7 @@ class KlaviyoClient:
             if isinstance(exc, KlaviyoThrottled):
                 self.limiter.defer(ep.tier, ep.op, wait)  # hold back the other callers too
             what = str(exc) if isinstance(exc, KlaviyoError) else f"{type(exc).__name__}: {self._scrub(exc)}"
-            log.warning(
+            log.debug(  # a retry is routine; what finally fails is reported by the caller
                 "klaviyo %s %s %s failed (%s); retry %d of %d in %.1f s",
                 ep.op, method, path, what, state.attempt_number, self.retry.max_attempts - 1, wait,
             )  # fmt: skip

@@ -1,6 +1,7 @@
 """Retry policy as data, run by tenacity.
 
-What is retried: 429 (after ``Retry-After``), 5xx, timeouts and dropped/refused connections.
+What is retried: 429 (after ``Retry-After``), 5xx, timeouts and dropped/refused connections (a connection
+that cannot be made at all only ``connect_attempts`` times).
 Nothing else: any other 4xx is about the request and fails at once.
 
 How long: 429 waits exactly ``Retry-After`` (or ``throttle_wait`` when the header is missing);
@@ -71,6 +72,18 @@ class _stop_on_long_retry_after(stop_base):
         )
 
 
+class _stop_on_refused_connection(stop_base):
+    """A connection that cannot be made (refused, no such host) is tried only a few times: it is a wrong URL,
+    a proxy or no network far more often than a blip, and the caller should hear about it in seconds."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return isinstance(exc, httpx.ConnectError) and retry_state.attempt_number >= self.attempts
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 6
@@ -80,6 +93,7 @@ class RetryPolicy:
     jitter: float = 0.5
     throttle_wait: float = 1.0  # a 429 without Retry-After (Klaviyo's burst window is 1 s)
     max_retry_after: float = 90.0
+    connect_attempts: int = 3  # attempts when the connection itself cannot be made (refused, DNS)
     sleep: Callable[[float], Awaitable[object]] = field(default=asyncio.sleep, compare=False)
 
     @classmethod
@@ -106,7 +120,9 @@ class RetryPolicy:
         """A fresh tenacity controller for one logical call. Exhaustion re-raises the last error."""
         return AsyncRetrying(
             sleep=self.sleep,
-            stop=stop_after_attempt(max(1, self.max_attempts)) | _stop_on_long_retry_after(self.max_retry_after),
+            stop=stop_after_attempt(max(1, self.max_attempts))
+            | _stop_on_long_retry_after(self.max_retry_after)
+            | _stop_on_refused_connection(max(1, self.connect_attempts)),
             wait=self.wait_seconds,
             retry=retry_if_exception(_is_retryable),
             before_sleep=before_sleep,
