@@ -8,6 +8,7 @@ them. Steps are safe to retry: upserts are idempotent and the sync state is comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import tempfile
@@ -31,9 +32,10 @@ from shared.platform.runtime import open_store, secrets
 from shared.platform.storage import ObjectStore
 from shared.pushing import turns
 from shared.pushing.klaviyo.batching import BatchBuilder
+from shared.pushing.klaviyo.budget import account_limiter
 from shared.pushing.klaviyo.client import KlaviyoClient
 from shared.pushing.klaviyo.errors import KlaviyoError, KlaviyoUnavailable
-from shared.pushing.klaviyo.limits import RateLimiter, account_limiter
+from shared.pushing.klaviyo.limits import RateLimiter
 from shared.pushing.klaviyo.models import SubscribeProfile
 from shared.reading.source import open_source
 
@@ -124,12 +126,17 @@ def _mapper(run: dict, columns: list[str]) -> ProfileMapper:
     return ProfileMapper(columns, mapping["email_field"], mapping.get("field_mappings") or {}, mapping.get("consent"))
 
 
-def _client(run: dict) -> KlaviyoClient:
-    """A client on the process-wide limiter of its Klaviyo account: every push of every run on one account
-    in this worker draws on one budget."""
+@contextlib.asynccontextmanager
+async def _client(run: dict):
+    """A client on its Klaviyo account's limiter: every push of every run on one account, in every process
+    and instance, draws on one budget, kept in the app's storage beside the workspaces."""
     api_key, base_url = secrets().get(run["klaviyo"]["secret_name"]), run["klaviyo"]["base_url"]
-    limiter = account_limiter(base_url, api_key) if run["klaviyo"].get("rate_limits", True) else RateLimiter.off()
-    return KlaviyoClient(api_key, base_url, limiter=limiter)
+    if run["klaviyo"].get("rate_limits", True):
+        limiter = await account_limiter(base_url, api_key, open_store(run["workspace"]["store"]))
+    else:
+        limiter = RateLimiter.off()
+    async with KlaviyoClient(api_key, base_url, limiter=limiter) as client:
+        yield client
 
 
 def _utc(timestamp: float) -> str:
@@ -178,15 +185,16 @@ async def _check_list(run: dict) -> None:
     """A wrong list id or key fails the run before anything is sent, with Klaviyo's own words; a Klaviyo
     that cannot be connected to at all (refused, no such host: a wrong URL, a proxy, no network) fails it
     too, naming the URL, rather than going through every retry of the activity."""
-    async with _client(run) as client:
-        try:
+    try:
+        async with _client(run) as client:  # (which first asks Klaviyo whose key it is, once per key)
             await client.get_list(run["list_id"])
-        except KlaviyoUnavailable as exc:
-            if not isinstance(exc.__cause__, httpx.ConnectError):
-                raise
-            raise ExportError(
-                f"cannot connect to Klaviyo at {client.base_url} after {exc.attempts} attempts ({exc.detail})"
-            ) from None
+    except KlaviyoUnavailable as exc:
+        if not isinstance(exc.__cause__, httpx.ConnectError):
+            raise
+        base_url = run["klaviyo"]["base_url"].rstrip("/")
+        raise ExportError(
+            f"cannot connect to Klaviyo at {base_url} after {exc.attempts} attempts ({exc.detail})"
+        ) from None
 
 
 # -- push ------------------------------------------------------------------------------------------

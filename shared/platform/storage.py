@@ -6,11 +6,14 @@ Reads stream (or use byte ranges), so a partition is never loaded whole.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
+import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -48,6 +51,16 @@ class ObjectStore(Protocol):
     def create(self, name: str, data: bytes) -> bool: ...
     def copy_from(self, source: ObjectStore, source_name: str, name: str) -> None: ...
     def delete_if_unchanged(self, name: str, etag: str) -> bool: ...
+    def update(self, name: str, change: Callable[[bytes | None], bytes]) -> bytes: ...
+
+
+#: An update is a read-modify-write that another writer may have raced: ``change`` then runs again on what
+#: that writer left. Beyond this many tries the object is too busy to be worth waiting for.
+UPDATE_ATTEMPTS = 50
+
+
+class UpdateConflict(Exception):
+    """``update`` lost the race for an object every time it tried."""
 
 
 def _copy(target, source: ObjectStore, source_name: str, name: str) -> None:
@@ -173,6 +186,26 @@ class LocalStore:
 
     copy_from = _copy
 
+    def update(self, name: str, change: Callable[[bytes | None], bytes]) -> bytes:
+        """Atomically replace ``name`` with ``change(current bytes, or None if absent)``; returns what was
+        written. Processes sharing the folder take turns on an fcntl lock on a hidden ``.<name>.lock``
+        (the kernel lets go of it when a holder dies); the write itself is a rename, so a holder killed
+        part way leaves the old contents whole."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                current = path.read_bytes()
+            except FileNotFoundError:
+                current = None
+            data = change(current)
+            self.write_bytes(name, data)
+            return data
+        finally:
+            os.close(lock_fd)  # releases the lock
+
     def delete_if_unchanged(self, name: str, etag: str) -> bool:
         try:
             if self.info(name).etag != etag:
@@ -289,6 +322,32 @@ class BlobStore:
 
         with contextlib.suppress(ResourceNotFoundError):
             self._blob(name).delete_blob()
+
+    def update(self, name: str, change: Callable[[bytes | None], bytes]) -> bytes:
+        """Replace ``name`` with ``change(current bytes, or None if absent)``, written only if nobody else
+        wrote it in between (If-Match on the ETag read, or If-None-Match: * for a new blob); on a lost race
+        ``change`` runs again on the newer contents. Raises ``UpdateConflict`` after UPDATE_ATTEMPTS."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+        blob = self._blob(name)
+        for attempt in range(UPDATE_ATTEMPTS):
+            try:
+                downloader = blob.download_blob(max_concurrency=1)
+                current, etag = downloader.readall(), downloader.properties.etag
+            except ResourceNotFoundError:
+                current, etag = None, None
+            data = change(current)
+            try:
+                if etag is None:
+                    blob.upload_blob(data, overwrite=False)
+                else:
+                    blob.upload_blob(data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
+                return data
+            except (ResourceExistsError, ResourceModifiedError):
+                # Another writer won; a short random pause keeps the losers from colliding again in step.
+                time.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        raise UpdateConflict(f"{self.describe(name)} changed under every one of {UPDATE_ATTEMPTS} updates")
 
 
 def split_blob_url(url: str) -> tuple[str, str, str]:

@@ -15,23 +15,29 @@ wherever its boundaries fall, so a run paces itself instead of bouncing off 429s
 - ``clock``/``sleep`` are injectable, so tests run on a fake clock without waiting.
 - Thread-safe and usable from several event loops at once: a caller *reserves* its slot under a
   ``threading.Lock`` (slots are handed out in arrival order) and then sleeps until it. So one limiter
-  per account can pace every push activity of a worker process (``account_limiter``).
+  per account can pace every push activity of a worker process (``budget.account_limiter``).
 - ``RateLimiter.off()`` lets everything through (the emulator with its limits switched off).
+- ``budget``: the account's budget shared with other processes and instances (``budget.SharedBudget``).
+  Each slot is then first drawn from it and this limiter stays the inner guard: it records the slot and
+  still holds the process to the limits on its own if storage cannot be reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["KLAVIYO_TIERS", "RateLimiter", "Tier", "account_limiter"]
+if TYPE_CHECKING:
+    from .budget import SharedBudget
+
+__all__ = ["KLAVIYO_TIERS", "RateLimiter", "SharedSlot", "Tier"]
 
 _EPS = 1e-9  # float slack so that sleeping exactly the computed wait always frees the slot
 
@@ -94,6 +100,14 @@ class _Bucket:
         return at
 
 
+@dataclass(frozen=True, slots=True)
+class SharedSlot:
+    """A slot drawn from a shared budget: ``at`` on this process's clock, ``wall`` as the budget stores it."""
+
+    at: float
+    wall: float
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -105,6 +119,7 @@ class RateLimiter:
         padding: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        budget: SharedBudget | None = None,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
@@ -115,6 +130,7 @@ class RateLimiter:
         self.padding = padding
         self._clock = clock
         self._sleep = sleep
+        self.budget = budget
         self._buckets: dict[tuple[str, str | None], _Bucket] = {}
         self._lock = threading.Lock()
         #: counters for reports
@@ -128,7 +144,8 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
-        return f"RateLimiter({state}, per_endpoint={self.per_endpoint}, share={self.share})"
+        shared = f", budget={self.budget!r}" if self.budget is not None else ""
+        return f"RateLimiter({state}, per_endpoint={self.per_endpoint}, share={self.share}{shared})"
 
     def limits(self, tier: str) -> Tier:
         base = self.tiers[tier]
@@ -147,13 +164,23 @@ class RateLimiter:
         """Wait until a request on ``tier``/``endpoint`` fits both windows; returns seconds waited."""
         return (await self.take(tier, endpoint))[1]
 
-    async def take(self, tier: str, endpoint: str | None = None) -> tuple[float | None, float]:
+    def _key(self, tier: str, endpoint: str | None) -> str:
+        return endpoint if self.per_endpoint and endpoint else tier
+
+    async def take(self, tier: str, endpoint: str | None = None) -> tuple[float | SharedSlot | None, float]:
         """``acquire`` that also returns the slot it took (None when off), for ``refund``."""
         if not self.enabled:
             return None, 0.0
-        with self._lock:  # held only to hand out the slot, never across an await
-            now = self._clock()
-            at = self._bucket(tier, endpoint).reserve(now)
+        now = self._clock()
+        if self.budget is not None:
+            # Storage is blocking I/O: in a thread, so the loop's other requests keep going meanwhile.
+            slot = await asyncio.to_thread(
+                self.budget.draw, tier, self._key(tier, endpoint), self._shared(tier, endpoint)
+            )
+            at = slot.at if isinstance(slot, SharedSlot) else slot
+        else:
+            with self._lock:  # held only to hand out the slot, never across an await
+                at = slot = self._bucket(tier, endpoint).reserve(now)
         waited = max(0.0, at - now)
         while (left := at - self._clock()) > 0:
             await self._sleep(left)
@@ -161,14 +188,31 @@ class RateLimiter:
         if waited:
             self.waits += 1
             self.waited_seconds += waited
-        return at, waited
+        return slot, waited
 
-    def refund(self, tier: str, endpoint: str | None, slot: float | None) -> None:
+    def _shared(self, tier: str, endpoint: str | None) -> Callable[[float | None], float | SharedSlot]:
+        """What to do with the budget's slot (a wall-clock time, or None when storage is down): record it
+        here at the same moment on this process's clock, the inner guard."""
+
+        def record(wall: float | None) -> float | SharedSlot:
+            with self._lock:
+                now = self._clock()
+                start = now if wall is None else now + max(0.0, wall - self.budget.clock())
+                at = self._bucket(tier, endpoint).reserve(start)
+            return at if wall is None else SharedSlot(at, wall)
+
+        return record
+
+    def refund(self, tier: str, endpoint: str | None, slot: float | SharedSlot | None) -> None:
         """Give back a slot whose request Klaviyo refused with 429: a throttled request does not count
         against Klaviyo's windows, so it must not count here either. (Kept, every 429 pushed the run's last
-        slot a window later: one 429 cost a 3 M-row run ~30 s.)"""
+        slot a window later: one 429 cost a 3 M-row run ~30 s.) A shared slot goes back to the budget too."""
         if slot is None or not self.enabled:
             return
+        if isinstance(slot, SharedSlot):
+            if self.budget is not None:
+                self.budget.give_back(self._key(tier, endpoint), slot.wall)
+            slot = slot.at
         with self._lock:
             for window in self._bucket(tier, endpoint).windows:
                 with contextlib.suppress(ValueError):  # already out of the window: nothing to give back
@@ -186,19 +230,5 @@ class RateLimiter:
         with self._lock:
             bucket = self._bucket(tier, endpoint)
             bucket.blocked_until = max(bucket.blocked_until, self._clock() + seconds)
-
-
-_ACCOUNT_LIMITERS: dict[str, RateLimiter] = {}
-_ACCOUNT_LOCK = threading.Lock()
-
-
-def account_limiter(base_url: str, api_key: str) -> RateLimiter:
-    """One limiter per Klaviyo account (key) in this process, shared by every client that uses it: the push
-    activities of a run, and the runs of several exports on one account, draw on one budget instead of each
-    assuming the whole of it. Keyed by a hash; the key itself is not kept."""
-    ident = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()
-    with _ACCOUNT_LOCK:
-        limiter = _ACCOUNT_LIMITERS.get(ident)
-        if limiter is None:
-            limiter = _ACCOUNT_LIMITERS[ident] = RateLimiter()
-        return limiter
+        if self.budget is not None:
+            self.budget.defer(self._key(tier, endpoint), seconds)
