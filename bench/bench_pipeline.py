@@ -9,7 +9,10 @@ into the Klaviyo emulator over HTTP:
         [--samples clean,realistic] [--runs 1]
 
 The clean sample and the realistic one (`localdev sample --realistic`) run side by side: each round runs
-the scenarios on one, then on the other, each from a fresh state and list. Prints one JSON line per
+the scenarios on one, then on the other, each from a fresh state and list, and a fresh emulator account:
+both samples hold the same emails, so without the reset the second one's "full" run would update the
+first one's profiles (the emulator's per-profile path, 5x the CPU of a first import) and start inside the
+first one's rate window. Prints one JSON line per
 scenario: wall seconds, peak RSS of the command (MB), profiles sent.
 """
 
@@ -91,6 +94,7 @@ def main() -> None:
                 work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
                 try:
                     source = write_export(work / "src", args.rows, realistic=realistic)
+                    httpx.post(f"{url}/__emulator/reset", timeout=300).raise_for_status()  # empty, full rate budget
                     list_id = new_list(url)
                     for scenario in args.scenarios.split(","):
                         if scenario == "changed":

@@ -267,7 +267,8 @@ def build_unit(reader: PlanReader, source: ObjectStore, unit: list[int], mapper:
                     counts["not_consented"] += 1
             if warning is not None:
                 kinds[warning] = kinds.get(warning, 0) + 1
-            counts["warnings"] += warning is not None or (subscribing and consent_warning is not None)
+            # Each warning counts once, as in warning_kinds: a row can carry a phone's and a consent's.
+            counts["warnings"] += (warning is not None) + (subscribing and consent_warning is not None)
             key_by_locator[locator] = email_key(email)
             if (full := builder.add(locator, profile)) is not None:
                 batches.append(full)

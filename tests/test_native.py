@@ -358,3 +358,59 @@ def test_the_fuzz_harness_runs_every_target_and_reports_a_difference(monkeypatch
     monkeypatch.setattr(native, "xxh3_64", lambda data: 0)  # a kernel gone wrong
     assert fuzz_native.main(["--seed", "17", "--seconds", "5"]) == 1
     assert "DIFFERENCE in xxh3, seed 17" in capsys.readouterr().err
+
+
+def test_warnings_by_kind_are_the_same_on_the_kernels_arrow_and_rows(tmp_path, monkeypatch):
+    """A push's breakdown of warnings (the run console shows it) is the same whichever path built the unit:
+    bad phones are counted under the row path's words, on the C kernels and on Arrow as row by row."""
+    from shared.planning.columnar import ColumnarProfiles
+    from shared.planning.profiles import PHONE_WARNING
+    from shared.planning.units import PlanReader
+
+    store = LocalStore(tmp_path / "exports")
+    rows = [[str(i), f"P{i}@example.com", f"N{i}", f"+1425555{i:04d}", "Köln", "", "x"] for i in range(600)]
+    bad = {3: "12", 40: "call me", 41: "0049", 250: "+0 123", 599: "555-1234"}  # not E.164: left out, warned
+    for i, phone in bad.items():
+        rows[i][3] = phone
+    rows[7][1] = "not an email"  # rejected in the plan: its phone is not a warning
+    rows[7][3] = "12"
+    rows[60][3] = "  "  # no phone: no warning
+    source = load_cdm(store, write_cdm(store, PUSH_COLS, {"a.csv": _csv_bytes(rows)}), ["exports"], None)
+    mapper = ProfileMapper(PUSH_COLS, "Email", PUSH_MAP)
+    work = LocalStore(tmp_path / "work")
+    monkeypatch.setattr(plan_module, "PLAN_BLOCK_BYTES", 4096)  # several chunks, units spanning them
+    summary = plan_export(source, mapper, work, "run/", PlanOptions(chunk_rows=100, unit_profiles=250))
+    kernels, arrow = NativeProfiles.build, ColumnarProfiles.build_chunk
+    taken: list[str] = []
+
+    def counts(path: str) -> list[dict]:
+        def kernel_build(self, *args):
+            built = kernels(self, *args) if path == "kernels" else None
+            taken.append(path if built is not None else "not kernels")
+            return built
+
+        def chunk_build(self, *args):
+            built = arrow(self, *args) if path != "rows" else None
+            taken.append(path if built is not None else "rows")
+            return built
+
+        monkeypatch.setattr(NativeProfiles, "build", kernel_build)
+        monkeypatch.setattr(ColumnarProfiles, "build_chunk", chunk_build)
+        reader = PlanReader(work, "run/")
+        return [build_unit(reader, source.store, unit, mapper, subscribing=False)[4] for unit in summary["units"]]
+
+    on_kernels = counts("kernels")
+    assert set(taken) == {"kernels"}  # every chunk was built by the kernels
+    taken.clear()
+    on_arrow = counts("arrow")
+    assert set(taken) == {"not kernels", "arrow"}  # ... then by Arrow
+    taken.clear()
+    on_rows = counts("rows")
+    assert set(taken) == {"rows"}  # ... then row by row
+    assert on_kernels == on_arrow == on_rows
+    total: dict[str, int] = {}
+    for unit in on_kernels:
+        for kind, n in unit["warning_kinds"].items():
+            total[kind] = total.get(kind, 0) + n
+    assert total == {PHONE_WARNING: len(bad)}
+    assert sum(unit["warnings"] for unit in on_kernels) == len(bad)

@@ -52,7 +52,7 @@ def test_realistic_sample_carries_the_stated_dirt(tmp_path):
         text=True,
         check=True,
     )
-    model = Path(out.stdout.strip())
+    model = Path(out.stdout.splitlines()[0])  # then the command that runs it
     assert model.name == "model.json"
     parts = sorted(model.parent.rglob("*.csv"))
     assert len(parts) == 4

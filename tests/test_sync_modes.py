@@ -113,3 +113,43 @@ def test_state_does_not_advance_when_a_run_fails(tmp_path, emulator_url):
     assert code == 0, err
     assert after["profiles_submitted"] == 50  # the new people are sent by the next good run
     assert list_emails(emulator_url, list_id) == {email_for(i) for i in range(150)}
+
+
+def test_a_run_reports_bad_phones_by_kind(tmp_path, emulator_url):
+    """Upsert runs build their pushes on the fast paths: the report's breakdown of warnings (what the run
+    console shows) still names the bad phones, and counts them all."""
+    from shared.planning.profiles import PHONE_WARNING
+
+    store = LocalStore(tmp_path / "src")
+    bad = {5, 17, 400, 999}
+    lines = [f'"{i}","{email_for(i)}","{"12" if i in bad else f"+1425555{i:04d}"}"' for i in range(1_000)]
+    body = ("\n".join(lines) + "\n").encode()
+    source = tmp_path / "src" / write_cdm(store, ["CustomerId", "Email", "Phone"], {"p.csv": body})
+    list_id = new_list(emulator_url)
+    code, report, err = run_cli(tmp_path, source, list_id, emulator_url, "--field", "Phone=phone_number")
+    assert code == 0, err
+    assert report["profiles_submitted"] == 1_000
+    assert report["warnings"] == len(bad)
+    assert report["warning_kinds"] == {PHONE_WARNING: len(bad)}
+
+
+def test_a_subscribe_run_counts_each_warning_once_like_its_breakdown(tmp_path, emulator_url):
+    """A row with a bad phone and an unusable consented-at carries two warnings: the total the report and
+    the console show is the sum of the breakdown."""
+    from shared.planning.profiles import PHONE_WARNING
+
+    store = LocalStore(tmp_path / "src")
+    rows = [("12", "not a date"), ("12", "2024-05-01T10:00:00Z"), ("+14255550100", "2024-05-01T10:00:00Z")]
+    lines = [f'"{i}","{email_for(i)}","{phone}","yes","{at}"' for i, (phone, at) in enumerate(rows)]
+    body = ("\n".join(lines) + "\n").encode()
+    source = tmp_path / "src" / write_cdm(store, ["CustomerId", "Email", "Phone", *COLS[2:]], {"p.csv": body})
+    list_id = new_list(emulator_url)
+    args = ["--mode", "subscribe", "--consent-field", "Consent", "--consent-values", "yes"]
+    args += ["--consented-at-field", "ConsentedAt", "--field", "Phone=phone_number"]
+    code, report, err = run_cli(tmp_path, source, list_id, emulator_url, *args)
+    assert code == 0, err
+    assert report["warning_kinds"] == {
+        PHONE_WARNING: 2,
+        "consented-at is not an ISO 8601 date; subscribed without it": 1,
+    }
+    assert report["warnings"] == 3

@@ -534,6 +534,8 @@ class Store:
     def _insert_new(self, batch: Batch, start: int, stop: int, now: float) -> range | None:
         """Bulk insert when every profile of the slice is new and distinct: their numbers; else None."""
         n = stop - start
+        if not self.by_email.keys().isdisjoint(batch.emails[start:stop]):
+            return None  # an update (a re-sync): known before any record is built
         first = self.next_profile_number
         numbers = range(first, first + n)
         # Profile records are built before we know the slice qualifies; dicts of them dedupe in C.
@@ -542,7 +544,7 @@ class Store:
             map(Profile, zip(repeat(key), batch.attrs[start:stop], repeat(now), repeat(now), numbers, repeat(None)))
         )
         new_emails = dict(zip(batch.emails[start:stop], records, strict=True))
-        if len(new_emails) != n or not self.by_email.keys().isdisjoint(new_emails):
+        if len(new_emails) != n:  # the same email twice in the slice
             return None
         new_exts = None
         if batch.exts is not None:
