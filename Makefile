@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: setup demo test lint checkov pytest bench clean browser native fuzz
+.PHONY: setup demo test lint checkov pytest bench clean browser native package fuzz
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PY) >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
@@ -30,6 +30,18 @@ $(NATIVE): shared/planning/native/fastpath.c
 	cc -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -DSOURCE_SHA256='"'$$(sha256sum $< | cut -c1-64)'"' -o $@ $<
 
 native: $(NATIVE)
+
+# The folder that is published (docs/OPERATIONS.md): the app alone, with the kernels built here (Linux x64, C library
+# symbols only) beside their source, whose SHA-256 the loader checks. Azure's remote build adds requirements.txt.
+# `python -m localdev.package check dist/app` installs a copy as the remote build does and checks it.
+DIST ?= dist
+package: $(NATIVE)
+	rm -rf $(DIST)/app
+	mkdir -p $(DIST)/app
+	cp -r function_app.py host.json requirements.txt functions shared $(DIST)/app/
+	find $(DIST)/app \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
+	echo "$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)+$$(git describe --always --dirty 2>/dev/null || echo unknown)" \
+		> $(DIST)/app/VERSION
 
 # The kernels under AddressSanitizer and UndefinedBehaviorSanitizer, fuzzed against the Python paths for
 # SECONDS (tests/fuzz_native.py; a sanitizer report or a difference fails). Run it whenever fastpath.c changes.
@@ -74,4 +86,4 @@ bench: setup
 	$(BIN)/python -m bench.bench_pipeline
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev $(NATIVE) $(FUZZ_DIR)
+	rm -rf $(VENV) $(CHECKOV_VENV) localdev/node_modules .localdev $(NATIVE) $(FUZZ_DIR) dist

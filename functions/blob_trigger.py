@@ -6,6 +6,7 @@ the name and ETag are read here, and the activities stream the data later.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import azure.durable_functions as df
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 @bp.durable_client_input(client_name="client")
 async def on_segment_export(client_blob: blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     settings = get_settings()
-    props = client_blob.get_blob_properties()
+    # Async for the durable client; the SDK's blocking calls go to a thread, off the worker's event loop.
+    props = await asyncio.to_thread(client_blob.get_blob_properties)
     configs = ConfigStore(open_store(blob_store("app", settings.config_container), settings))
     outcomes = await runs_for_blob(
         client, configs, settings, client_blob.container_name, client_blob.blob_name, props.etag.strip('"')

@@ -3,10 +3,15 @@
 Every HTTP function is declared with `@route(...)`, which names who may call each of its methods
 (`shared.api.Access`) and checks it before the function runs; the function gets the caller from `caller()`
 for the per-connection checks in shared.api. tests/test_http_roles.py fails for an HTTP function of the app
-that was not declared here."""
+that was not declared here.
+
+Routes that only touch storage are plain `def` (the worker runs them on its thread pool); the ones that need
+the durable client are `async def` on the worker's event loop and keep blocking calls off it (shared.api).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from contextvars import ContextVar
@@ -37,19 +42,41 @@ def route(route: str, *, auth_level: func.AuthLevel | None = None, **access: Acc
     def register(fn):
         ACCESS[route] = access
 
-        @functools.wraps(fn)
-        async def checked(req: func.HttpRequest, **bindings):
+        def check(req: func.HttpRequest) -> Caller | func.HttpResponse:
             try:
                 who = Caller.from_request(req.headers.get(PRINCIPAL), get_settings().auth_require_principal)
                 who.check(access[req.method.upper()])
             except HttpError as exc:  # 401 (no or unreadable principal) or 403, with a one-line reason
                 return _reply(*error(exc.status, str(exc)))
-            token = _CALLER.set(who)
-            try:
-                result = fn(req, **bindings)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                _CALLER.reset(token)
+            return who
+
+        # The check keeps the function's kind: a plain function stays plain (the worker runs it on its thread
+        # pool), a coroutine function stays one (the worker's event loop).
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def checked(req: func.HttpRequest, **bindings):
+                who = check(req)
+                if not isinstance(who, Caller):
+                    return who
+                token = _CALLER.set(who)
+                try:
+                    return await fn(req, **bindings)
+                finally:
+                    _CALLER.reset(token)
+
+        else:
+
+            @functools.wraps(fn)
+            def checked(req: func.HttpRequest, **bindings):
+                who = check(req)
+                if not isinstance(who, Caller):
+                    return who
+                token = _CALLER.set(who)
+                try:
+                    return fn(req, **bindings)
+                finally:
+                    _CALLER.reset(token)
 
         return checked
 
@@ -75,11 +102,8 @@ def _reply(status: int, body) -> func.HttpResponse:
     return func.HttpResponse(orjson.dumps(body), status_code=status, mimetype="application/json")
 
 
-async def _guarded(api: Api, fn) -> func.HttpResponse:
-    async def handler():
-        return await fn()
-
-    return _reply(*await api.call(handler))
+def _guarded(api: Api, fn) -> func.HttpResponse:
+    return _reply(*api.call(fn))
 
 
 def _flag(req: func.HttpRequest, name: str) -> bool | None:
@@ -88,19 +112,19 @@ def _flag(req: func.HttpRequest, name: str) -> bool | None:
 
 
 @route("exports", GET=Access.READ)
-async def list_exports(req: func.HttpRequest) -> func.HttpResponse:
+def list_exports(req: func.HttpRequest) -> func.HttpResponse:
     api = _api()
-    return await _guarded(api, lambda: api.list_exports(caller()))
+    return _guarded(api, lambda: api.list_exports(caller()))
 
 
 @route("exports/{name}", GET=Access.READ, PUT=Access.CONTRIBUTE, DELETE=Access.CONTRIBUTE)
-async def export_item(req: func.HttpRequest) -> func.HttpResponse:
+def export_item(req: func.HttpRequest) -> func.HttpResponse:
     api, name, who = _api(), req.route_params["name"], caller()
     if req.method == "GET":
-        return await _guarded(api, lambda: api.get_export(name, who))
+        return _guarded(api, lambda: api.get_export(name, who))
     if req.method == "DELETE":
-        return await _guarded(api, lambda: api.delete_export(name, who))
-    return await _guarded(api, lambda: api.put_export(name, req.get_body(), who))
+        return _guarded(api, lambda: api.delete_export(name, who))
+    return _guarded(api, lambda: api.put_export(name, req.get_body(), who))
 
 
 @bp.durable_client_input(client_name="client")
@@ -108,7 +132,7 @@ async def export_item(req: func.HttpRequest) -> func.HttpResponse:
 async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api, name, who = _api(), req.route_params["name"], caller()
     if req.method == "GET":
-        return await _guarded(api, lambda: api.list_runs(name, who))
+        return await asyncio.to_thread(_guarded, api, lambda: api.list_runs(name, who))
 
     async def start():
         return await api.start_run(client, name, bool(_flag(req, "dry_run")), _flag(req, "full"), who)
@@ -117,7 +141,7 @@ async def export_runs(req: func.HttpRequest, client: df.DurableOrchestrationClie
         # A browser posting from another site (the console's buttons are same-origin): refuse, so a page
         # elsewhere cannot start runs with a signed-in operator's cookies.
         return _reply(403, {"error": "runs are not started from other sites"})
-    status, body = await api.call(start)
+    status, body = await api.call_async(start)
     if status != 202:
         return _reply(status, body)
     if req.params.get("from") == "console":  # the console's buttons: on to the run's page
@@ -143,15 +167,15 @@ def _run_started(req: func.HttpRequest, client: df.DurableOrchestrationClient, r
 @route("runs/{instance_id}", GET=Access.READ)
 async def get_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api = _api()
-    return await _guarded(api, lambda: api.get_run(client, req.route_params["instance_id"], caller()))
+    return _reply(*await api.call_async(api.get_run, client, req.route_params["instance_id"], caller()))
 
 
 @route("connections/{name}", GET=Access.READ, PUT=Access.ADMIN)
-async def connection_item(req: func.HttpRequest) -> func.HttpResponse:
+def connection_item(req: func.HttpRequest) -> func.HttpResponse:
     api, name, who = _api(), req.route_params["name"], caller()
     if req.method == "GET":
-        return await _guarded(api, lambda: api.get_connection(name, who))
-    return await _guarded(api, lambda: api.put_connection(name, req.get_body(), who))
+        return _guarded(api, lambda: api.get_connection(name, who))
+    return _guarded(api, lambda: api.put_connection(name, req.get_body(), who))
 
 
 def _key_query(req: func.HttpRequest) -> str:
@@ -175,7 +199,7 @@ async def run_history(req: func.HttpRequest, client: df.DurableOrchestrationClie
     async def page():
         return 200, await api.history_page(client, who, _key_query(req))
 
-    return _html(*await api.call(page))
+    return _html(*await api.call_async(page))
 
 
 @bp.durable_client_input(client_name="client")
@@ -187,18 +211,14 @@ async def run_detail(req: func.HttpRequest, client: df.DurableOrchestrationClien
     async def page():
         return await api.run_page(client, instance, who, _key_query(req))
 
-    return _html(*await api.call(page))
+    return _html(*await api.call_async(page))
 
 
 @route("runs/{instance_id}/rejects", GET=Access.READ)
-async def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
+def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
     """The run's rejects file (NDJSON), as a download."""
     api, instance, who = _api(), req.route_params["instance_id"], caller()
-
-    async def download():
-        return await api.rejects_file(instance, who)
-
-    status, body = await api.call(download)
+    status, body = api.call(lambda: api.rejects_file(instance, who))
     if status != 200:
         return _reply(status, body)
     disposition = f'attachment; filename="{instance}.rejects.ndjson"'  # the id was checked: [a-z0-9._-] only
@@ -207,8 +227,15 @@ async def run_rejects(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
+@route("health", GET=Access.ANYONE)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Version, fast path (kernels or arrow), storage and Key Vault reachable: 200 when healthy, else 503."""
+    api = _api()
+    return _guarded(api, api.health)
+
+
 @route("erasure", POST=Access.ADMIN)
-async def erasure(req: func.HttpRequest) -> func.HttpResponse:
+def erasure(req: func.HttpRequest) -> func.HttpResponse:
     """Erase people's emails from every export's sync state (administrators only: it spans every connection)."""
     api = _api()
-    return await _guarded(api, lambda: api.erase(req.get_body()))
+    return _guarded(api, lambda: api.erase(req.get_body()))

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import orjson
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from shared.finishing.history import (
     render_run,
     report_name,
 )
+from shared.planning import native
 from shared.platform.config import (
     NAME_RE,
     ConfigNotFoundError,
@@ -35,7 +37,7 @@ from shared.platform.config import (
 )
 from shared.platform.errors import ConfigError, ExportError
 from shared.platform.runtime import blob_store, open_store
-from shared.platform.secrets import SecretProvider
+from shared.platform.secrets import KeyVaultSecrets, SecretError, SecretProvider
 from shared.platform.settings import AppSettings
 from shared.pushing.klaviyo.client import KlaviyoClient
 from shared.pushing.klaviyo.errors import KlaviyoError
@@ -156,20 +158,21 @@ class Api:
         self.client_factory = client_factory or (lambda key: KlaviyoClient(key, settings.klaviyo_base_url))
 
     # --- guarded dispatch ---
+    # Handlers that only read and write storage are plain functions: the Functions worker runs a plain `def`
+    # on its thread pool, while an `async def` runs on its one event loop, where a blocking SDK call would stall
+    # every other invocation. Handlers that need the durable client (async) move their blocking part to a thread.
 
-    async def call(self, handler, *args, **kwargs) -> Reply:
+    def call(self, handler, *args, **kwargs) -> Reply:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            return _error_reply(exc)
+
+    async def call_async(self, handler, *args, **kwargs) -> Reply:
         try:
             return await handler(*args, **kwargs)
-        except HttpError as exc:
-            return error(exc.status, str(exc), exc.errors)
-        except ConfigNotFoundError as exc:
-            return error(404, str(exc))
-        except ConfigValidationError as exc:
-            return error(400, str(exc), exc.errors)
-        except ValidationError as exc:
-            return error(400, "invalid configuration", validation_errors(exc))
-        except (ExportError, ConfigError) as exc:
-            return error(400, str(exc))
+        except Exception as exc:
+            return _error_reply(exc)
 
     # --- exports ---
 
@@ -195,13 +198,13 @@ class Api:
                 visible.append(cfg)
         return visible
 
-    async def list_exports(self, caller: Caller) -> Reply:
+    def list_exports(self, caller: Caller) -> Reply:
         return 200, [cfg.model_dump(mode="json") for cfg in self._visible_exports(caller)]
 
-    async def get_export(self, name: str, caller: Caller) -> Reply:
+    def get_export(self, name: str, caller: Caller) -> Reply:
         return 200, self._visible_export(name, caller).model_dump(mode="json")
 
-    async def put_export(self, name: str, body: bytes, caller: Caller) -> Reply:
+    def put_export(self, name: str, body: bytes, caller: Caller) -> Reply:
         data = parse_json(body)
         if data.setdefault("name", name) != name:
             raise HttpError(400, "the body's name differs from the URL's", [{"field": "name", "message": "mismatch"}])
@@ -223,7 +226,7 @@ class Api:
             raise HttpError(403, f"'{caller.name}' may not change export '{name}' (connection '{cfg.connection}')")
         return cfg, conn
 
-    async def delete_export(self, name: str, caller: Caller) -> Reply:
+    def delete_export(self, name: str, caller: Caller) -> Reply:
         self._changeable_export(name, caller)
         if not self.configs.delete_export(name):
             raise ConfigNotFoundError(f"no export named '{name}'")
@@ -232,24 +235,32 @@ class Api:
     # --- runs ---
 
     async def start_run(self, client, name: str, dry_run: bool, full: bool | None, caller: Caller) -> Reply:
-        cfg, conn = self._changeable_export(name, caller)
-        if conn is None:
-            conn = self.configs.get_connection(cfg.connection)  # its own error: missing or invalid
+        cfg, conn = await asyncio.to_thread(self._runnable_export, name, caller)
         conn.require_accepted()
         for status in await client.get_status_by(runtime_status=None) or []:
             iid = status.instance_id or ""
             state = status.runtime_status.value if status.runtime_status else ""
             if iid.startswith(f"{name}.") and state in ACTIVE:
                 return error(409, f"export '{name}' is already running (instance {iid})")
-        segments = open_store(blob_store("segments", cfg.source.container), self.settings)
-        path = latest_source(segments, cfg)
-        iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", segments.info(path).etag, datetime.now(UTC))
+        path, etag = await asyncio.to_thread(self._latest_source, cfg)
+        iid = instance_id(cfg.name, f"{cfg.source.container}/{path}", etag, datetime.now(UTC))
         run = build_run(cfg, conn, path, self.settings, iid, dry_run=dry_run, full_resync=full, trigger="http")
         await client.start_new("export_orchestrator", iid, run)
         return 202, {"id": iid}
 
+    def _runnable_export(self, name: str, caller: Caller) -> tuple[ExportConfig, Connection]:
+        cfg, conn = self._changeable_export(name, caller)
+        if conn is None:
+            conn = self.configs.get_connection(cfg.connection)  # its own error: missing or invalid
+        return cfg, conn
+
+    def _latest_source(self, cfg: ExportConfig) -> tuple[str, str]:
+        segments = open_store(blob_store("segments", cfg.source.container), self.settings)
+        path = latest_source(segments, cfg)
+        return path, segments.info(path).etag
+
     async def get_run(self, client, instance: str, caller: Caller) -> Reply:
-        self._check_run_access(instance, caller)
+        await asyncio.to_thread(self._check_run_access, instance, caller)
         status = await client.get_status(instance)
         if status is None or status.runtime_status is None:
             raise HttpError(404, f"no run with id '{instance}'")
@@ -267,7 +278,7 @@ class Api:
     def _reports(self):
         return open_store(blob_store("app", self.settings.reports_container), self.settings)
 
-    async def list_runs(self, name: str, caller: Caller, limit: int = RUNS_SHOWN) -> Reply:
+    def list_runs(self, name: str, caller: Caller, limit: int = RUNS_SHOWN) -> Reply:
         self._visible_export(name, caller)
         return 200, recent_reports(self._reports(), name, limit)
 
@@ -275,15 +286,7 @@ class Api:
         """The run console: runs in progress (from the durable client, if given) and the run history of the
         exports the caller may see, with "Run now" for those the caller may run."""
         caller = caller or Caller(FUNCTION_KEY_CALLER)
-        reports = self._reports()
-        connections: dict[str, Connection | None] = {}
-        exports = []
-        for cfg in self.configs.list_exports():
-            if cfg.connection not in connections:
-                connections[cfg.connection] = self._connection(cfg.connection)
-            if caller.may_see(connections[cfg.connection]):
-                exports.append(cfg)
-        can_run = {cfg.name: caller.may_change(connections[cfg.connection]) for cfg in exports}
+        history, can_run = await asyncio.to_thread(self._history, caller)  # storage reads: off the event loop
         active = []
         for status in (await client.get_status_by(runtime_status=None) or []) if client is not None else []:
             state = status.runtime_status.value if status.runtime_status else ""
@@ -294,8 +297,20 @@ class Api:
                     "created_time": _iso(status.created_time), "progress": status.custom_status,
                 })  # fmt: skip
         active.sort(key=lambda r: r["created_time"] or "", reverse=True)
-        history = {cfg.name: recent_reports(reports, cfg.name) for cfg in exports}
         return render_page(history, active, can_run, key_query)
+
+    def _history(self, caller: Caller) -> tuple[dict, dict]:
+        """(recent reports per export the caller may see, whether the caller may run each)."""
+        reports = self._reports()
+        connections: dict[str, Connection | None] = {}
+        exports = []
+        for cfg in self.configs.list_exports():
+            if cfg.connection not in connections:
+                connections[cfg.connection] = self._connection(cfg.connection)
+            if caller.may_see(connections[cfg.connection]):
+                exports.append(cfg)
+        can_run = {cfg.name: caller.may_change(connections[cfg.connection]) for cfg in exports}
+        return {cfg.name: recent_reports(reports, cfg.name) for cfg in exports}, can_run
 
     def _check_run_access(self, instance: str, caller: Caller) -> None:
         """A run is seen by those who may see its export (administrators only once the export is gone);
@@ -310,13 +325,10 @@ class Api:
 
     async def run_page(self, client, instance: str, caller: Caller, key_query: str = "") -> tuple[int, str]:
         """One run's page: its report, jobs and rejected rows by reason, or its live progress."""
-        self._check_run_access(instance, caller)
-        reports = self._reports()
+        finished = await asyncio.to_thread(self._finished_run, instance, caller)  # storage reads: off the loop
         report, status, groups, kinds = None, None, [], {}
-        if reports.exists(report_name(instance)):
-            report = orjson.loads(reports.read_bytes(report_name(instance)))
-            if reports.exists(rejects_name(instance)):
-                groups, kinds = group_rejects(reports.iter_bytes(rejects_name(instance)))
+        if finished is not None:
+            report, groups, kinds = finished
         else:
             found = await client.get_status(instance) if client is not None else None
             if found is None or found.runtime_status is None:
@@ -324,7 +336,18 @@ class Api:
             status = {"runtime_status": found.runtime_status.value, "progress": found.custom_status or {}}
         return 200, render_run(instance, report, status, groups, kinds, key_query)
 
-    async def rejects_file(self, instance: str, caller: Caller) -> tuple[int, bytes]:
+    def _finished_run(self, instance: str, caller: Caller) -> tuple[dict, list, dict] | None:
+        """(report, rejected rows by reason, counts by kind) of a finished run; None while it has no report."""
+        self._check_run_access(instance, caller)
+        reports = self._reports()
+        if not reports.exists(report_name(instance)):
+            return None
+        report, groups, kinds = orjson.loads(reports.read_bytes(report_name(instance))), [], {}
+        if reports.exists(rejects_name(instance)):
+            groups, kinds = group_rejects(reports.iter_bytes(rejects_name(instance)))
+        return report, groups, kinds
+
+    def rejects_file(self, instance: str, caller: Caller) -> tuple[int, bytes]:
         """The run's rejects file (NDJSON: partition, row, reason, kind per line)."""
         self._check_run_access(instance, caller)
         reports = self._reports()
@@ -334,7 +357,7 @@ class Api:
 
     # --- connections ---
 
-    async def put_connection(self, name: str, body: bytes, caller: Caller) -> Reply:
+    def put_connection(self, name: str, body: bytes, caller: Caller) -> Reply:
         caller.check(Access.ADMIN)
         data = parse_json(body)
         if "privacy_acceptance" in data:
@@ -360,25 +383,28 @@ class Api:
                 problem = [{"field": "api_key", "message": "invalid"}]
                 raise HttpError(400, "api_key must be a non-empty string", problem)
             try:
-                async with self.client_factory(api_key) as klaviyo:
-                    await klaviyo.check_key()
+                asyncio.run(self._check_key(api_key))  # on the worker's thread pool: no loop runs here
             except KlaviyoError as exc:
                 raise HttpError(400, f"Klaviyo did not accept the key: {exc}") from None
             except ValueError as exc:
                 raise HttpError(400, str(exc)) from None
-            await asyncio.to_thread(self.secrets.set, conn.secret_name, api_key.strip())
+            self.secrets.set(conn.secret_name, api_key.strip())
         saved = self.configs.put_connection(conn)
         return 200, saved.model_dump(mode="json")
 
-    async def get_connection(self, name: str, caller: Caller) -> Reply:
+    def get_connection(self, name: str, caller: Caller) -> Reply:
         conn = self.configs.get_connection(name)
         if not caller.may_see(conn):
             raise HttpError(403, f"'{caller.name}' may not see connection '{name}'")
         return 200, conn.model_dump(mode="json")
 
+    async def _check_key(self, api_key: str) -> None:
+        async with self.client_factory(api_key) as klaviyo:
+            await klaviyo.check_key()
+
     # --- personal data ---
 
-    async def erase(self, body: bytes) -> Reply:
+    def erase(self, body: bytes) -> Reply:
         """{"email": ...} or {"emails": [...]}: out of every export's sync state; says what it changed.
         (Administrators only, checked by the route: it spans every connection.)"""
         data = parse_json(body)
@@ -388,7 +414,75 @@ class Api:
                 400, "'emails' must be a list of email addresses", [{"field": "emails", "message": "invalid"}]
             )
         workspace = open_store(blob_store("app", self.settings.workspace_container), self.settings)
-        return 200, await asyncio.to_thread(erase_emails, workspace, emails)
+        return 200, erase_emails(workspace, emails)
+
+    # --- health ---
+
+    def health(self) -> Reply:
+        """What operators check after a deployment: the version, which fast path runs, and whether the app's
+        storage and Key Vault answer this identity (never a secret or a key: only yes/no and why not)."""
+        storage = _reachable(lambda: self.configs.store.exists(HEALTH_PROBE))
+        key_vault: dict = {"configured": isinstance(self.secrets, KeyVaultSecrets)}
+        if key_vault["configured"]:
+            key_vault.update(_reachable(self.secrets.check_access))
+        healthy = storage["reachable"] and key_vault.get("reachable", True)
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "version": app_version(),
+            **fast_path(),
+            "storage": storage,
+            "key_vault": key_vault,
+        }
+        return (200 if healthy else 503), body
+
+
+def _error_reply(exc: Exception) -> Reply:
+    """The status and body of what a handler raised; anything unexpected is raised again."""
+    if isinstance(exc, HttpError):
+        return error(exc.status, str(exc), exc.errors)
+    if isinstance(exc, ConfigNotFoundError):
+        return error(404, str(exc))
+    if isinstance(exc, ConfigValidationError):
+        return error(400, str(exc), exc.errors)
+    if isinstance(exc, ValidationError):
+        return error(400, "invalid configuration", validation_errors(exc))
+    if isinstance(exc, ExportError | ConfigError):
+        return error(400, str(exc))
+    raise exc
+
+
+HEALTH_PROBE = "health-probe"  # a name read, never written: "not found" is an answer from storage too
+VERSION_FILE = Path(__file__).resolve().parent.parent / "VERSION"  # written by `make package`
+
+
+def app_version() -> str:
+    """The packaged version (pyproject's version + the commit), or "dev" where the app runs from the repository."""
+    try:
+        return VERSION_FILE.read_text().strip() or "dev"
+    except OSError:
+        return "dev"
+
+
+def fast_path() -> dict:
+    """Which path plans and builds bodies: "kernels" (the C library) or "arrow" (half the speed), and why."""
+    return {"fast_path": "kernels" if native.available else "arrow", "fast_path_detail": native.status}
+
+
+def startup_line() -> str:
+    """The line the app logs when the worker loads it."""
+    path = fast_path()
+    return f"ci-klaviyo-sync {app_version()}: fast path {path['fast_path']} ({path['fast_path_detail']})"
+
+
+def _reachable(probe) -> dict:
+    try:
+        probe()
+    except SecretError as exc:  # names the vault and the probe secret, never a value
+        return {"reachable": False, "error": str(exc)}
+    except Exception as exc:  # SDK messages can carry request details: the type and status code are enough
+        status = getattr(exc, "status_code", None)
+        return {"reachable": False, "error": type(exc).__name__ + (f" (HTTP {status})" if status else "")}
+    return {"reachable": True}
 
 
 def run_export(instance: str) -> str:

@@ -6,6 +6,7 @@ module stays free of azure.functions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import posixpath
 from datetime import UTC, datetime
@@ -122,16 +123,17 @@ async def runs_for_blob(
     **run_options,
 ) -> list[dict]:
     """What one BlobCreated event starts: one run per export watching the path. An instance that already
-    exists under the derived id (pending, running or finished) is not started again."""
+    exists under the derived id (pending, running or finished) is not started again. Called on the worker's
+    event loop: configuration reads (blocking) run on a thread."""
     outcomes = []
-    for cfg in configs.exports_watching(container, blob_path):
+    for cfg in await asyncio.to_thread(configs.exports_watching, container, blob_path):
         iid = instance_id(cfg.name, f"{container}/{blob_path}", etag)
         existing = await client.get_status(iid)
         if existing is not None and getattr(existing, "runtime_status", None) is not None:
             outcomes.append({"export": cfg.name, "instance_id": iid, "started": False})
             continue
         try:
-            conn = configs.get_connection(cfg.connection)
+            conn = await asyncio.to_thread(configs.get_connection, cfg.connection)
             run = build_run(cfg, conn, blob_path, settings, iid, trigger="blob", **run_options)
         except ConfigError as exc:
             outcomes.append({"export": cfg.name, "instance_id": iid, "started": False, "error": str(exc)})

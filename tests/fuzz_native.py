@@ -40,7 +40,7 @@ EMAILS = ["a@b.co", " A@B.CO\t", "p@example.com", "\x0bq@example.com\r\n", "x@y"
 def use_library(path: str) -> None:
     """Load the kernels from `path` (a sanitizer build beside its copy of fastpath.c) instead of the app's."""
     native.LIBRARY = Path(path).resolve()
-    native.lib = native._load()
+    native.lib, native.status = native._load()
     native.available = native.lib is not None
     if not native.available:
         raise SystemExit(f"{path} did not load (built from this fastpath.c?)")

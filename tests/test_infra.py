@@ -945,6 +945,18 @@ def test_deploy_workflow_tests_previews_deploys_and_publishes(parsed: dict) -> N
     assert kinds == [("deploy", "false"), ("publish", None), ("wait for key", None), ("deploy", "true")]
 
 
+def test_deploy_workflow_publishes_the_package_it_checked(parsed: dict) -> None:
+    wf = parsed["yaml"][str(WORKFLOWS / "deploy.yml")]["tree"]
+    publish_job, publish = next(
+        (j, s) for j, s in _steps(wf) if str(s.get("uses", "")).lower().startswith("azure/functions-action")
+    )
+    steps = [s for j, s in _steps(wf) if j == publish_job]
+    runs = [s.get("run", "").strip() for s in steps]
+    assert publish["with"]["package"] == "dist/app"
+    build, check = runs.index("make package"), runs.index("python -m localdev.package check dist/app")
+    assert build < check < steps.index(publish)
+
+
 def _needs(job: dict) -> list[str]:
     needs = job.get("needs", [])
     return [needs] if isinstance(needs, str) else needs

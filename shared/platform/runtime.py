@@ -7,11 +7,22 @@ A store descriptor is {"kind": "local", "root": "/abs/folder"} or
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from shared.platform.secrets import SecretProvider, get_secret_provider
 from shared.platform.settings import AppSettings, get_settings
 from shared.platform.storage import BlobStore, LocalStore, ObjectStore
+
+# The Azure SDK logs an Information record for every HTTP request (URL, headers) and every token it gets; the
+# worker forwards Python records to Application Insights under the function's category, where host.json's
+# log levels cannot tell them from the app's own. Their warnings and errors still pass.
+NOISY_SDK_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "azure.identity")
+
+
+def quiet_sdk_loggers() -> None:
+    for name in NOISY_SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def local_store(root: str) -> dict:

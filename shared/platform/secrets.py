@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 ENV_VAR = "KLAVIYO_API_KEY"
 ENV_VAR_PREFIX = f"{ENV_VAR}__"
 SECRET_NAME_RE = re.compile(r"[0-9A-Za-z-]{1,127}")
+ACCESS_PROBE = "health-probe"  # never written by the app: see KeyVaultSecrets.check_access
 
 
 class SecretError(ConfigError):
@@ -194,6 +195,16 @@ class KeyVaultSecrets:
             self._cache[key] = (now, SecretStr(value))
         log.debug("secret '%s' read from Key Vault %s", name, self.vault_url)
         return value
+
+    def check_access(self) -> None:
+        """Raises SecretError unless the vault answers this identity. It asks for a secret the app never
+        writes: "not found" is an answer (the vault is reachable and the identity may read secrets)."""
+        try:
+            self._client.get_secret(ACCESS_PROBE)
+        except AzureError as exc:
+            error = self._error(ACCESS_PROBE, "read", exc)
+            if not isinstance(error, SecretNotFoundError):
+                raise error from None
 
     def set(self, name: str, value: str) -> None:
         _check_name(name)

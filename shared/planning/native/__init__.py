@@ -31,19 +31,18 @@ _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 _TOP, _LOCATION, _PROPERTIES = 0, 1, 2
 
 
-def _load() -> ctypes.CDLL | None:
+def _open() -> tuple[ctypes.CDLL | None, str]:
+    """The library with its functions typed, or None; and one line saying which (for logs and `--check`)."""
+    if not LIBRARY.exists():
+        return None, f"{LIBRARY.name} is not built (`make native` builds it); the Arrow path runs"
     try:
         lib = ctypes.CDLL(str(LIBRARY))
-    except OSError:  # not built (or built for another platform)
-        return None
+    except OSError as exc:  # built for another platform, or a C library too old for it
+        return None, f"{LIBRARY.name} cannot be loaded ({exc}); the Arrow path runs"
     lib.fastpath_source.argtypes, lib.fastpath_source.restype = [], ctypes.c_char_p
     source = hashlib.sha256(LIBRARY.with_name("fastpath.c").read_bytes()).hexdigest()
     if lib.fastpath_source().decode() != source:
-        logging.getLogger(__name__).warning(
-            "%s was built from another fastpath.c: `make native` rebuilds it; meanwhile the Arrow path runs",
-            LIBRARY.name,
-        )
-        return None
+        return None, f"{LIBRARY.name} was built from another fastpath.c: `make native` rebuilds it; the Arrow path runs"
     lib.xxh3_64.argtypes, lib.xxh3_64.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_uint64
     lib.csv_scan.argtypes = [ctypes.c_char_p, _L, _I, _I, _I, _P, _I, _P, _P, _P, _P, _L, _L, _L, _L, _P]
     lib.plan_records.argtypes = [ctypes.c_char_p, _P, _P, _P, _P, _L, _I, _I, _L, _I, _I, _P, _I, *[_P] * 8]
@@ -53,10 +52,17 @@ def _load() -> ctypes.CDLL | None:
     lib.email_lines.argtypes = [_P, _P, _P, _L, _P]
     for name in ("csv_scan", "plan_records", "build_profiles", "email_lines"):
         getattr(lib, name).restype = _L
-    return lib
+    return lib, f"C kernels loaded: {LIBRARY.name} built from fastpath.c (sha256 {source[:12]}…)"
 
 
-lib = _load()
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    lib, status = _open()
+    if lib is None and LIBRARY.exists():  # built, yet refused: worth a warning (not building it is a choice)
+        logging.getLogger(__name__).warning("%s", status)
+    return lib, status
+
+
+lib, status = _load()
 available = lib is not None
 
 
