@@ -37,3 +37,8 @@ def remove_departed(run: dict) -> dict:
 @bp.activity_trigger(input_name="payload", activity="finish_export")
 def finish_export(payload: dict) -> dict:
     return pipeline.finish(payload["run"], payload["outcome"])
+
+
+@bp.activity_trigger(input_name="run", activity="clean_up_run")
+def clean_up_run(run: dict) -> dict:
+    return pipeline.clean_up(run)

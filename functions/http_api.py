@@ -232,3 +232,10 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     """Version, fast path (kernels or arrow), storage and Key Vault reachable: 200 when healthy, else 503."""
     api = _api()
     return _guarded(api, api.health)
+
+
+@route("erasure", POST=Access.ADMIN)
+def erasure(req: func.HttpRequest) -> func.HttpResponse:
+    """Erase people's emails from every export's sync state (administrators only: it spans every connection)."""
+    api = _api()
+    return _guarded(api, lambda: api.erase(req.get_body()))

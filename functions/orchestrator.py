@@ -1,10 +1,11 @@
-"""The export orchestrator: plan, push in waves, wait for Klaviyo's jobs on durable timers, finish.
+"""The export orchestrator: plan, push in waves, wait for Klaviyo's jobs on durable timers, finish, clean up.
 
 Deterministic: no I/O, no clocks but context.current_utc_datetime; everything it passes is small.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import azure.durable_functions as df
@@ -120,6 +121,10 @@ def export_orchestrator(context: df.DurableOrchestrationContext):
 
     _status(context, "finishing", progress)
     report = yield context.call_activity_with_retry("finish_export", RETRY, {"run": run, "outcome": outcome})
+    # The report is written: the workspace (every email of the segment) goes now, in its own step after
+    # finish, so that a retried finish still finds it. If this fails the lifecycle rule removes it later.
+    with contextlib.suppress(Exception):  # the run's outcome stands
+        yield context.call_activity_with_retry("clean_up_run", RETRY, run)
     _status(context, report["status"], {**progress, "profiles_failed": report["profiles_failed"]})
     return report
 

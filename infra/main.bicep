@@ -41,6 +41,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances of the durable group (orchestrators and activities): 0 scales to zero and bills nothing idle; each one is billed for its memory around the clock (docs/OPERATIONS.md).')
+@minValue(0)
+@maxValue(20)
+param durableAlwaysReadyInstances int = 0
+
 @description('true: create a new segments storage account. false: use the existing account named segmentsStorageAccountName that Customer Insights already writes to.')
 param createSegmentsStorage bool = true
 
@@ -99,6 +104,16 @@ param klaviyoBaseUrl string = 'https://a.klaviyo.com'
 @minValue(0)
 @maxValue(3600)
 param secretCacheTtlSeconds int = 300
+
+@description('Days that run reports, rejects files and the durable history of finished runs are kept (RUN_RETENTION_DAYS).')
+@minValue(1)
+@maxValue(3650)
+param runRetentionDays int = 90
+
+@description('Days after which whatever a run left in its workspace is deleted (a finished run deletes its own at once).')
+@minValue(1)
+@maxValue(30)
+param workspaceRetentionDays int = 3
 
 @description('True when App Service authentication is configured on the function app: requests without a signed-in principal are refused (401) rather than trusted as an administrator.')
 param requirePrincipal bool = false
@@ -194,6 +209,8 @@ module appStorage 'modules/app-storage.bicep' = {
     reportsContainerName: reportsContainerName
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
+    workspaceRetentionDays: workspaceRetentionDays
+    runRetentionDays: runRetentionDays
     appPrincipalId: identity.outputs.principalId
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
   }
@@ -248,6 +265,7 @@ module functionApp 'modules/functionapp.bicep' = {
     tags: allTags
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    durableAlwaysReadyInstances: durableAlwaysReadyInstances
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     storageAccountName: appStorage.outputs.name
@@ -263,6 +281,7 @@ module functionApp 'modules/functionapp.bicep' = {
     pushWaveWidth: pushWaveWidth
     klaviyoBaseUrl: klaviyoBaseUrl
     secretCacheTtlSeconds: secretCacheTtlSeconds
+    runRetentionDays: runRetentionDays
     requirePrincipal: requirePrincipal
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     keyVaultUri: keyVault.outputs.uri

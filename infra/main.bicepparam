@@ -43,5 +43,10 @@ param secretCacheTtlSeconds = 300
 param requirePrincipal = bool(readEnvironmentVariable('CIKS_REQUIRE_PRINCIPAL', 'false'))
 param maximumInstanceCount = 40
 param instanceMemoryMB = 2048
+// Warm instances for the durable group; each is billed around the clock (docs/OPERATIONS.md).
+param durableAlwaysReadyInstances = int(readEnvironmentVariable('CIKS_DURABLE_ALWAYS_READY', '0'))
 param appStorageSkuName = 'Standard_GRS'
 param logRetentionInDays = 30
+// Reports, rejects files and finished runs' durable history; leftover workspaces (docs/OPERATIONS.md).
+param runRetentionDays = 90
+param workspaceRetentionDays = 3

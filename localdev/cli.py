@@ -1,4 +1,5 @@
-"""Command line: `python -m localdev export ...` (one run), `sample`, `host` (local Functions host), `demo`.
+"""Command line: `python -m localdev export ...` (one run), `sample`, `erase` (personal data), `host` (local
+Functions host), `demo`.
 
 Exit codes: 0 the run succeeded or partially succeeded (or was superseded); 1 it failed; 2 the arguments or
 the source are wrong (checked before anything runs). Every failure ends in one line on stderr; `--debug`
@@ -206,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
         "case and padding, a short row, BOM, quoted line breaks, Unicode names (see README)",
     )
 
+    erase = sub.add_parser(
+        "erase",
+        parents=[debug],
+        formatter_class=_Help,
+        help="erase people's emails from every export's sync state",
+        description="Remove the emails from every export's sync state and say what changed (docs/OPERATIONS.md, "
+        "Personal data).",
+    )
+    erase.add_argument("emails", nargs="+", metavar="EMAIL", help="email addresses (trimmed, any case)")
+    erase.add_argument(
+        "--state",
+        default=".localdev/state",
+        help="the sync state: a folder (as export's --state) or the app's workspace container URL "
+        "(https://ACCOUNT.blob.core.windows.net/run-workspace)",
+    )
+
     host = sub.add_parser(
         "host",
         parents=[debug],
@@ -388,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sample":
             return _sample(args)
+        if args.command == "erase":
+            from localdev.erase import erase
+
+            return erase(args.emails, args.state)
         if args.command == "host":
             from localdev.host import serve
 

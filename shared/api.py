@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
+from shared.finishing.erasure import erase_emails
 from shared.finishing.history import (
     RUNS_SHOWN,
     group_rejects,
@@ -400,6 +401,20 @@ class Api:
     async def _check_key(self, api_key: str) -> None:
         async with self.client_factory(api_key) as klaviyo:
             await klaviyo.check_key()
+
+    # --- personal data ---
+
+    def erase(self, body: bytes) -> Reply:
+        """{"email": ...} or {"emails": [...]}: out of every export's sync state; says what it changed.
+        (Administrators only, checked by the route: it spans every connection.)"""
+        data = parse_json(body)
+        emails = data.get("emails", [data["email"]] if "email" in data else [])
+        if not isinstance(emails, list):
+            raise HttpError(
+                400, "'emails' must be a list of email addresses", [{"field": "emails", "message": "invalid"}]
+            )
+        workspace = open_store(blob_store("app", self.settings.workspace_container), self.settings)
+        return 200, erase_emails(workspace, emails)
 
     # --- health ---
 

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import orjson
 
+from shared.finishing import statefiles
 from shared.finishing.notify import notify_run
 from shared.finishing.report import JobSummary, RunReport
 from shared.finishing.telemetry import emit_run_finished
@@ -89,20 +90,6 @@ def load_state(store: ObjectStore, prefix: str) -> SyncState | None:
     meta = orjson.loads(store.read_bytes(f"{prefix}meta.json"))
     keys = np.frombuffer(store.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
     return SyncState(keys, meta["mapping_key"])
-
-
-def load_state_emails(store: ObjectStore, prefix: str) -> list[str]:
-    """The emails of the state's profiles, in keys.bin's order (mirror mode looks up ids by email)."""
-    if not store.exists(f"{prefix}emails.txt"):
-        return []
-    return store.read_bytes(f"{prefix}emails.txt").decode().split("\n")[:-1]
-
-
-def commit_state(store: ObjectStore, prefix: str, keys: np.ndarray, emails: bytes, mapping_key: str, run_id: str):
-    """Data first, then meta.json, which names the run that wrote it. emails: one a line, in keys' order."""
-    store.write_bytes(f"{prefix}keys.bin", keys.tobytes())
-    store.write_bytes(f"{prefix}emails.txt", emails)
-    _write_meta(store, prefix, len(keys), mapping_key, run_id)
 
 
 def _write_meta(store: ObjectStore, prefix: str, profiles: int, mapping_key: str, run_id: str) -> None:
@@ -308,11 +295,11 @@ def remove_departed(run: dict) -> dict:
     gone = np.frombuffer(workspace.read_bytes(f"{prefix}remove.bin"), np.uint64)
     state_store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
     state = load_state(state_store, state_prefix)
-    emails = load_state_emails(state_store, state_prefix)
     if state is None or not len(gone):
         return {"removed": 0, "not_found": 0}
     pos = np.searchsorted(state.keys["e"], gone)
-    wanted = [emails[i] for i in pos.tolist() if i < len(emails) and emails[i]]
+    # Only the departed rows' emails, streamed (the whole list of a 5 M-profile state is ~700 MB of str).
+    wanted = [e for e in statefiles.lines_at(state_store, f"{state_prefix}emails.txt", pos) if e]
 
     async def go() -> dict:
         async with _client(run) as client:
@@ -472,6 +459,15 @@ def finish(run: dict, outcome: dict) -> dict:
     return body
 
 
+def clean_up(run: dict) -> dict:
+    """Delete the run's workspace (plan, emails, push records) once `finish` has returned: nothing reads it
+    after that, and it holds every email of the segment (~60 MB per million rows). Until then it stays,
+    as a resumed or retried step needs it. Safe to repeat; the Blob lifecycle rule removes what a failed
+    clean-up leaves."""
+    workspace, prefix = _workspace(run)
+    return {"deleted": workspace.delete_prefix(prefix)}
+
+
 async def _collect_failures(
     run: dict, workspace: ObjectStore, prefix: str, pushes: list[dict], jobs: dict
 ) -> tuple[list[dict], set[int]]:
@@ -508,20 +504,15 @@ async def _collect_failures(
 
 def _commit(run: dict, planned: dict, excluded: set[int]) -> None:
     """The new state: every profile of this export as planned (keys and emails from the plan), less those
-    Klaviyo did not confirm, so that they are sent again next run."""
+    Klaviyo did not confirm, so that they are sent again next run. Streamed either way (flat memory)."""
     workspace, prefix = _workspace(run)
     store, state_prefix = open_store(run["state"]["store"]), run["state"]["prefix"]
-    if not excluded:  # the usual case: the plan's files become the state as they are, streamed
+    if not excluded:  # the usual case: the plan's files become the state as they are
         for name in ("keys.bin", "emails.txt"):
             store.copy_from(workspace, f"{prefix}{name}", f"{state_prefix}{name}")
         profiles = workspace.info(f"{prefix}keys.bin").size // KEYS_DTYPE.itemsize
-        _write_meta(store, state_prefix, profiles, planned["mapping_key"], run["run_id"])
-        return
-    keys = np.frombuffer(workspace.read_bytes(f"{prefix}keys.bin"), KEYS_DTYPE)
-    emails = workspace.read_bytes(f"{prefix}emails.txt")
-    if excluded:
-        keep = ~np.isin(keys["e"], np.fromiter(excluded, np.uint64, len(excluded)))
-        lines = emails.split(b"\n")
-        emails = b"".join(line + b"\n" for line, k in zip(lines, keep.tolist(), strict=False) if k)
-        keys = keys[keep]
-    commit_state(store, state_prefix, keys, emails, planned["mapping_key"], run["run_id"])
+    else:
+        wanted = np.fromiter(excluded, np.uint64, len(excluded))
+        drop, _ = statefiles.rows_with_keys(workspace, f"{prefix}keys.bin", wanted)
+        profiles = statefiles.copy_without(workspace, prefix, store, state_prefix, drop)
+    _write_meta(store, state_prefix, profiles, planned["mapping_key"], run["run_id"])

@@ -72,6 +72,7 @@ APP_SETTINGS = {
     "DURABLE_TASK_HUB",
     "PUSH_WAVE_WIDTH",
     "KLAVIYO_BASE_URL",
+    "RUN_RETENTION_DAYS",
     "AUTH_REQUIRE_PRINCIPAL",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
@@ -337,12 +338,45 @@ def test_function_app_runs_on_flex_consumption_with_python_311(parsed: dict) -> 
     assert runtime["version"] == "pythonVersion" and default(t, "pythonVersion") == "3.11"
     assert site["properties"]["httpsOnly"] is True
     assert site["properties"]["siteConfig"]["minTlsVersion"] == "1.2"
-    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    # Resource Manager rejects ftpsState on Flex sites (error 51021): FTP is off through the policy below.
+    assert "ftpsState" not in site["properties"]["siteConfig"]
     policies = resources(t, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {body(p)[0]["name"]: body(p)[0]["properties"]["allow"] for p in policies.values()} == {
         "ftp": False,
         "scm": False,
     }
+
+
+def test_durable_group_always_ready_instances_are_a_parameter_off_by_default(parsed: dict) -> None:
+    t = tree(parsed, "modules/functionapp.bicep")
+    _, site = only(t, "Microsoft.Web/sites")
+    scale = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    ops = var(t, scale["alwaysReady"])["operator"]
+    assert ops["type"] == "conditional"
+    assert ops["operands"]["true_value"] == [{"name": "durable", "instanceCount": "durableAlwaysReadyInstances"}]
+    assert ops["operands"]["false_value"] == []
+    assert default(t, "durableAlwaysReadyInstances") == 0
+    main = tree(parsed, "main.bicep")
+    assert default(main, "durableAlwaysReadyInstances") == 0
+    args = body(module_call(main, "modules/functionapp.bicep"))[0]["params"]
+    assert args["durableAlwaysReadyInstances"] == "durableAlwaysReadyInstances"
+    assert bicepparam()["durableAlwaysReadyInstances"] == (
+        "int(readEnvironmentVariable('CIKS_DURABLE_ALWAYS_READY', '0'))"
+    )
+
+
+def _timespan_s(text: str) -> int:
+    hours, minutes, seconds = (int(x) for x in text.split(":"))
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_durable_queues_are_polled_at_least_every_ten_seconds() -> None:
+    """Flex Consumption: Microsoft recommends maxQueuePollingInterval of 10 s or less (default 30 s), or
+    timers and job polls wait up to half a minute after an idle spell."""
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    provider = host["extensions"]["durableTask"]["storageProvider"]
+    assert provider["type"] == "AzureStorage"
+    assert 0 < _timespan_s(provider["maxQueuePollingInterval"]) <= 10
 
 
 def test_function_app_runs_as_the_user_assigned_identity(parsed: dict) -> None:
@@ -373,7 +407,7 @@ def test_deployment_storage_uses_the_user_assigned_identity(parsed: dict) -> Non
     assert app_params["deploymentContainerName"] == storage_params["deploymentContainerName"]
     assert "deploymentContainerName" in var(tree(parsed, "modules/app-storage.bicep"), "dataContainerNames")
     scale = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
-    assert set(scale) == {"maximumInstanceCount", "instanceMemoryMB"}
+    assert set(scale) == {"alwaysReady", "maximumInstanceCount", "instanceMemoryMB"}
 
 
 def test_app_settings_are_exactly_what_the_app_reads(parsed: dict) -> None:
@@ -433,6 +467,7 @@ def test_app_setting_defaults_match_the_app(parsed: dict) -> None:
         "KLAVIYO_BASE_URL": "https://a.klaviyo.com",
         "SECRET_CACHE_TTL_S": 300,
         "DURABLE_TASK_HUB": "CiKlaviyoSync",
+        "RUN_RETENTION_DAYS": 90,
     }
     # The same defaults as the app's own settings model, where it has the setting.
     from shared.platform.settings import AppSettings
@@ -486,6 +521,60 @@ def test_storage_accounts_are_hardened(parsed: dict) -> None:
     assert seg["properties"]["allowSharedKeyAccess"] == "allowSharedKeyAccess"
     assert default(segments, "allowSharedKeyAccess") is False
     assert default(tree(parsed, "main.bicep"), "segmentsAllowSharedKeyAccess") is False
+
+
+def test_lifecycle_rules_delete_leftover_workspaces_and_old_reports_only(parsed: dict) -> None:
+    """Workspaces (runs/<export>/<run id>/ in the workspace container) a few days after their last write
+    whatever became of the run; reports and rejects files (runs/... in the reports container) after the
+    retention, 90 days by default. The sync state (state/) and turns (locks/) are never matched."""
+    t = tree(parsed, "modules/app-storage.bicep")
+    _, policy = only(t, "Microsoft.Storage/storageAccounts/managementPolicies")
+    assert policy["name"] == "default" and render(policy["parent"]) == "account"
+    rules = {rule["name"]: rule for rule in policy["properties"]["policy"]["rules"]}
+    assert set(rules) == {"delete-run-workspaces", "delete-old-run-reports"}
+    expected = {
+        "delete-run-workspaces": ("${workspaceContainerName}/runs/", "workspaceRetentionDays"),
+        "delete-old-run-reports": ("${reportsContainerName}/runs/", "runRetentionDays"),
+    }
+    for name, (prefix, days) in expected.items():
+        rule = rules[name]
+        assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+        assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": [prefix]}
+        assert rule["definition"]["actions"] == {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": days}}}
+    assert default(t, "workspaceRetentionDays") == 3
+    assert default(t, "runRetentionDays") == 90
+    main = tree(parsed, "main.bicep")
+    assert (default(main, "workspaceRetentionDays"), default(main, "runRetentionDays")) == (3, 90)
+    args = body(module_call(main, "modules/app-storage.bicep"))[0]["params"]
+    assert (args["workspaceRetentionDays"], args["runRetentionDays"]) == ("workspaceRetentionDays", "runRetentionDays")
+    # The same retention reaches the app, whose purge timer removes finished runs' durable history.
+    app_args = body(module_call(main, "modules/functionapp.bicep"))[0]["params"]
+    assert app_args["runRetentionDays"] == "runRetentionDays"
+    retention = app_settings(parsed)["RUN_RETENTION_DAYS"]["function"]
+    assert retention == {"type": "string", "parameters": {"value_to_convert": "runRetentionDays"}}
+    # The prefixes are where the app puts them: a run's workspace and report under runs/, its sync state not.
+    run = _a_run()
+    assert run["workspace"]["prefix"].startswith("runs/") and run["reports"]["name"].startswith("runs/")
+    assert not run["state"]["prefix"].startswith("runs/")
+
+
+def _a_run() -> dict:
+    from datetime import UTC, datetime
+
+    from shared.platform.config import Connection, ExportConfig, PrivacyAcceptance, SourceConfig
+    from shared.platform.settings import AppSettings
+    from shared.runs import build_run
+
+    cfg = ExportConfig(
+        name="weekly",
+        connection="shop",
+        list_id="L1",
+        source=SourceConfig(kind="cdm", path_prefix="ci/"),
+        email_field="Email",
+    )
+    accepted = PrivacyAcceptance(accepted_by="test", accepted_at=datetime.now(UTC))
+    conn = Connection(name="shop", secret_name="klaviyo-shop", privacy_acceptance=accepted)
+    return build_run(cfg, conn, "ci/model.json", AppSettings(), "weekly.abc")
 
 
 def test_blob_soft_delete_is_off_on_the_export_account_with_the_reason(parsed: dict) -> None:
@@ -850,7 +939,10 @@ def test_deploy_workflow_tests_previews_deploys_and_publishes(parsed: dict) -> N
         elif str(step.get("uses", "")).lower().startswith("azure/functions-action"):
             assert step["with"]["sku"] == "flexconsumption"
             kinds.append(("publish", None))
-    assert kinds == [("deploy", "false"), ("publish", None), ("deploy", "true")]
+        elif WAIT_SCRIPT in step.get("run", ""):
+            assert step["env"]["FUNCTION_APP"] == "${{ steps.infra.outputs.function_app }}"
+            kinds.append(("wait for key", None))
+    assert kinds == [("deploy", "false"), ("publish", None), ("wait for key", None), ("deploy", "true")]
 
 
 def test_deploy_workflow_publishes_the_package_it_checked(parsed: dict) -> None:
@@ -884,3 +976,59 @@ def test_deploy_workflow_signs_in_with_oidc_and_no_stored_secret(parsed: dict) -
         }
         assert wf["jobs"][job]["permissions"]["id-token"] == "write"
     assert wf.get("permissions", {}).get("id-token") is None  # granted per job, not workflow-wide
+
+
+# ------------------------------------------------------------------------- the wait for the blob key
+
+WAIT_SCRIPT = "infra/scripts/wait-for-blobs-extension-key.sh"
+FAKE_KEY = "fake-blobs-extension-key-0123456789"
+
+
+def _run_wait(tmp_path: Path, ready_after: int | None, tries: int = 5) -> tuple[subprocess.CompletedProcess, int]:
+    """The wait script against a stand-in `az` (there is no Azure here) that answers the key query
+    empty, or fails as a host that is not up does, until its call number `ready_after`. Returns the
+    script's process and how many times it called az."""
+    calls = tmp_path / "calls"
+    az = tmp_path / "az"
+    az.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> "{calls}"\n'
+        f'n=$(wc -l < "{calls}")\n'
+        f'if [ {ready_after or 0} -ne 0 ] && [ "$n" -ge {ready_after or 0} ]; then echo {FAKE_KEY}; exit 0; fi\n'
+        'if [ "$n" -eq 1 ]; then echo "ERROR: (NotFound) host is not running" >&2; exit 1; fi\n'
+        "exit 0\n",
+        encoding="utf-8",
+    )
+    az.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "KEY_WAIT_TRIES": str(tries)}
+    env["KEY_WAIT_INTERVAL_S"] = "0"
+    proc = subprocess.run(
+        ["bash", str(ROOT / WAIT_SCRIPT), "rg-test", "func-test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = calls.read_text(encoding="utf-8").splitlines() if calls.exists() else []
+    for line in lines:
+        assert "functionapp keys list --resource-group rg-test --name func-test" in line
+        assert "--query systemKeys.blobs_extension" in line
+    return proc, len(lines)
+
+
+def test_key_wait_polls_until_the_blobs_extension_key_exists(tmp_path: Path) -> None:
+    proc, calls = _run_wait(tmp_path, ready_after=3)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == 3
+    assert "exists (try 3 of 5)" in proc.stdout
+    assert FAKE_KEY not in proc.stdout + proc.stderr  # the key is never printed
+
+
+def test_key_wait_gives_up_after_its_tries_with_one_clear_line(tmp_path: Path) -> None:
+    proc, calls = _run_wait(tmp_path, ready_after=None, tries=4)
+    assert proc.returncode == 1
+    assert calls == 4
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1
+    assert errors[0].startswith("error: the blobs_extension key of func-test did not appear after 4 tries")

@@ -253,6 +253,10 @@ def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushin
             run_id = run_id_for("weekly", settings, model, etag)
             waiting = api.wait_for_run(run_id, timeout=120, until=in_phase("waiting_for_klaviyo"))
         assert waiting["runtime_status"] == "Running"
+        # What the rest of the run needs (the plan, the push records) is kept while it is unfinished.
+        workspace = BlobStore.from_connection_string(azurite.connection_string, settings["WORKSPACE_CONTAINER"])
+        kept = workspace.list(f"runs/weekly/{run_id}/")
+        assert f"runs/weekly/{run_id}/plan.json" in kept and any("/push/" in name for name in kept)
         jobs_pushed = bulk_jobs_accepted(url) - jobs_at_start
         assert jobs_pushed == waiting["progress"]["jobs"] >= 1
 
@@ -270,6 +274,9 @@ def test_a_host_stopped_while_the_run_waits_on_klaviyo_resumes_it_without_pushin
     assert bulk_jobs_accepted(url) - jobs_at_start == jobs_pushed  # no push activity ran again
     assert len(report["jobs"]) == jobs_pushed
     assert list_emails(url, list_id) == {email_for(i) for i in range(5_000)}
+    # Finished: the workspace is gone; the sync state stays in the same container.
+    assert workspace.list("runs/") == []
+    assert workspace.list("state/") != []
 
 
 NOTIFICATION = {"aeg-event-type": "Notification", "Content-Type": "application/json"}

@@ -116,3 +116,26 @@ def test_missing_partition_fails_before_anything_is_sent(tmp_path, emulator_url)
     ]
     assert report["status"] == "failed" and report["rows_read"] == 0
     assert list_emails(emulator_url, list_id) == set()
+
+
+def test_a_finished_run_leaves_no_workspace_behind(tmp_path, emulator_url):
+    """Succeeded, dry run, failed after planning: once the report is written the run's workspace (plan,
+    every email of the segment, push records) is gone; the sync state and the reports stay."""
+    model = write_ci_export(LocalStore(tmp_path / "src"), 3_000, partitions=2)
+    source = tmp_path / "src" / model
+    workspace = LocalStore(tmp_path / "work" / "work")  # where the command line keeps run workspaces
+    list_id = new_list(emulator_url)
+
+    code, ran, err = run_cli(tmp_path, source, list_id, emulator_url)
+    assert (code, ran["status"], ran["profiles_imported"]) == (0, "succeeded", 3_000), err
+    code, dry, err = run_cli(tmp_path, source, list_id, emulator_url, "--dry-run", "--full")
+    assert (code, dry["status"], dry["profiles_submitted"]) == (0, "succeeded", 3_000), err
+    # Planned (the workspace written), then the list check fails the run.
+    code, failed, err = run_cli(tmp_path, source, "NoSuchList", emulator_url, "--full")
+    assert (code, failed["status"]) == (1, "failed"), err
+
+    assert (tmp_path / "work" / "work" / "runs").is_dir()  # the runs had their workspaces here
+    assert workspace.list("runs/") == []
+    assert LocalStore(tmp_path / "state").list() != []  # the committed sync state stays
+    for report in (ran, dry, failed):
+        assert open(report["rejects_file"], "rb")  # and so do the reports' rejects files

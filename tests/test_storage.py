@@ -37,6 +37,19 @@ def test_exclusive_create_and_conditional_delete(tmp_path, container):
         assert not store.exists("lock")
 
 
+def test_deleting_a_prefix_removes_everything_under_it_and_nothing_else(tmp_path, container):
+    for store in (LocalStore(tmp_path), BlobStore(container)):
+        names = [f"runs/x/r1/push/{i:06d}.json" for i in range(300)] + ["runs/x/r1/keys.bin"]
+        for name in names:
+            store.write_bytes(name, b"1")
+        store.write_bytes("runs/x/r10/keys.bin", b"other run")
+        store.write_bytes("state/c/l/keys.bin", b"state")
+        assert store.delete_prefix("runs/x/r1/") == len(names)
+        assert store.list() == ["runs/x/r10/keys.bin", "state/c/l/keys.bin"]
+        assert store.delete_prefix("runs/x/r1/") == 0  # again: nothing left, no error
+    assert not (tmp_path / "runs" / "x" / "r1").exists()  # no empty folders left behind
+
+
 def test_local_store_names_cannot_leave_its_folder(tmp_path):
     store = LocalStore(tmp_path / "store")
     store.write_bytes("a/b.txt", b"x")

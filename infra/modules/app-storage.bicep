@@ -45,6 +45,16 @@ param deadLetterContainerName string
 @maxValue(365)
 param softDeleteRetentionDays int = 7
 
+@description('Days after its last write that anything left in a run workspace is deleted, whatever became of the run (a finished run deletes its own at once).')
+@minValue(1)
+@maxValue(30)
+param workspaceRetentionDays int = 3
+
+@description('Days that run reports and rejects files are kept.')
+@minValue(1)
+@maxValue(3650)
+param runRetentionDays int = 90
+
 @description('Principal (object) id of the app identity.')
 param appPrincipalId string
 
@@ -132,6 +142,67 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
       days: softDeleteRetentionDays
     }
   }
+}
+
+// What runs leave behind: a run deletes its workspace (every email of the segment) when it ends, and
+// this rule deletes what a run that never ended left; reports and rejects files (rows with their
+// reasons) go after the retention. Sync state (state/) and turns (locks/) are kept: they are the app's.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-run-workspaces'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${workspaceContainerName}/runs/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: workspaceRetentionDays
+                }
+              }
+            }
+          }
+        }
+        {
+          name: 'delete-old-run-reports'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${reportsContainerName}/runs/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: runRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    containers
+  ]
 }
 
 resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [

@@ -33,6 +33,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances of the durable group (orchestrators, activities, entities): 0 scales to zero; each one is billed for its memory all the time (docs/OPERATIONS.md).')
+@minValue(0)
+@maxValue(20)
+param durableAlwaysReadyInstances int = 0
+
 @description('Resource id of the user-assigned identity.')
 param identityId string
 
@@ -84,8 +89,19 @@ param klaviyoBaseUrl string
 @description('Seconds a Klaviyo key read from Key Vault is cached (a rotated key is used within this time).')
 param secretCacheTtlSeconds int
 
+@description('Days the durable history of finished runs is kept before the purge timer removes it.')
+param runRetentionDays int
+
 @description('True when App Service authentication (Easy Auth) is configured on the app: the HTTP API then answers 401 to a request without a signed-in principal instead of trusting the function key holder as an administrator.')
 param requirePrincipal bool = false
+
+// The durable group serves every orchestrator and activity; none is kept warm unless asked for.
+var durableAlwaysReady = (durableAlwaysReadyInstances > 0) ? [
+  {
+    name: 'durable'
+    instanceCount: durableAlwaysReadyInstances
+  }
+] : []
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -111,6 +127,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   location: location
   tags: tags
   kind: 'functionapp,linux'
+  // checkov:skip=CKV_AZURE_78:Resource Manager rejects siteConfig.ftpsState on Flex Consumption sites in newer regions (error 51021) and the official Flex Consumption samples never set it; FTP is disabled by the ftp basicPublishingCredentialsPolicy (allow: false) declared below.
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
@@ -138,6 +155,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         }
       }
       scaleAndConcurrency: {
+        alwaysReady: durableAlwaysReady
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
       }
@@ -149,7 +167,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: Resource Manager rejects it on Flex Consumption sites in newer regions (error
+      // 51021). FTP is off through the ftp publishing-credentials policy below.
       http20Enabled: true
       remoteDebuggingEnabled: false
       appSettings: [
@@ -237,6 +256,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'KLAVIYO_BASE_URL'
           value: klaviyoBaseUrl
+        }
+        {
+          name: 'RUN_RETENTION_DAYS'
+          value: string(runRetentionDays)
         }
         {
           name: 'AUTH_REQUIRE_PRINCIPAL'

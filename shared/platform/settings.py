@@ -36,6 +36,8 @@ class AppSettings(BaseSettings):
     push_wave_width: int = Field(8, ge=1, le=64, alias="PUSH_WAVE_WIDTH")
     chunk_rows: int = Field(10_000, ge=100, le=1_000_000, alias="CHUNK_ROWS")
     job_poll_interval_s: int = Field(5, ge=1, le=300, alias="JOB_POLL_INTERVAL_S")
+    # Days that finished runs' durable history is kept (reports and rejects files: the same, in Bicep).
+    run_retention_days: int = Field(90, ge=1, le=3650, alias="RUN_RETENTION_DAYS")
 
 
 @lru_cache(maxsize=1)

@@ -48,6 +48,7 @@ class ObjectStore(Protocol):
     def write_file(self, name: str, fileobj: BinaryIO) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, name: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int: ...
     def create(self, name: str, data: bytes) -> bool: ...
     def copy_from(self, source: ObjectStore, source_name: str, name: str) -> None: ...
     def delete_if_unchanged(self, name: str, etag: str) -> bool: ...
@@ -171,6 +172,17 @@ class LocalStore:
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose name starts with `prefix` (a folder prefix, 'a/b/', goes with its
+        folders and any half-written temporary file); returns how many objects there were."""
+        names = self.list(prefix)
+        if prefix.endswith("/") and prefix.strip("/"):
+            shutil.rmtree(self._path(prefix), ignore_errors=True)
+        else:
+            for name in names:
+                self.delete(name)
+        return len(names)
 
     def create(self, name: str, data: bytes) -> bool:
         """Write only if there is no such file yet; False when there is (an exclusive create)."""
@@ -322,6 +334,18 @@ class BlobStore:
 
         with contextlib.suppress(ResourceNotFoundError):
             self._blob(name).delete_blob()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob whose name starts with `prefix`, 256 to a batch request (the most one takes);
+        a blob already gone is not an error. Returns how many blobs there were."""
+        names = self.list(prefix)
+        for start in range(0, len(names), 256):
+            batch = names[start : start + 256]
+            answers = self.container.delete_blobs(*batch, raise_on_any_failure=False)
+            for name, answer in zip(batch, answers, strict=True):
+                if answer.status_code not in (202, 404):
+                    raise OSError(f"could not delete {self.describe(name)}: HTTP {answer.status_code}")
+        return len(names)
 
     def update(self, name: str, change: Callable[[bytes | None], bytes]) -> bytes:
         """Replace ``name`` with ``change(current bytes, or None if absent)``, written only if nobody else
