@@ -336,7 +336,10 @@ def run_full(args, argv: list[str] | None = None) -> dict:
 
 def summary_lines(report: dict) -> list[str]:
     """What the run did, in words: one headline, then a line per thing that happened."""
-    n = lambda key: f"{report.get(key, 0):,}"  # noqa: E731
+
+    def n(key: str) -> str:
+        return f"{report.get(key, 0):,}"
+
     verb = "would send" if report.get("dry_run") else "sent"
     head = (
         f"{report['status']}: {n('rows_read')} rows read, {n('rows_rejected')} rejected, {n('duplicate_rows')} "

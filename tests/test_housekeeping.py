@@ -48,6 +48,10 @@ def waits(context: df.DurableOrchestrationContext):
     return "went"
 
 
+def _is_running(status) -> bool:
+    return status.runtime_status is RuntimeStatus.RUNNING
+
+
 @pytest.fixture
 async def hub():
     """A driver with one run of each outcome: completed, failed, terminated, and one still running."""
@@ -61,8 +65,7 @@ async def hub():
         for name in ("completed", "failed"):
             await asyncio.to_thread(driver.wait_for_completion, ids[name], WAIT)
         for name in ("terminated", "running"):
-            running = lambda s: s.runtime_status is RuntimeStatus.RUNNING  # noqa: E731
-            await asyncio.to_thread(driver.wait_for_status, ids[name], running, WAIT)
+            await asyncio.to_thread(driver.wait_for_status, ids[name], _is_running, WAIT)
         driver.terminate(ids["terminated"], "stopped by an operator")
         await asyncio.to_thread(driver.wait_for_completion, ids["terminated"], WAIT)
         yield driver, base_url, ids
